@@ -1,0 +1,184 @@
+"""Typed config of the regular UNet: the `model.unet` block when `model.unet_type` is `base`.
+
+Field names and defaults are the documented NeMo Imagen keys (the base64-500m values). The types are
+OmegaConf-structured compatible (no Union), so `models/` can merge a YAML block into
+`OmegaConf.structured(UNetConfig)`; `__post_init__` runs when it calls `OmegaConf.to_object` and
+rejects values that would only fail later, deep inside model construction.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, List
+
+ATTENTION_TYPES = ("self", "cross", "stacked", "fused")
+FEATURE_POOLING_TYPES = ("attention", "mean")
+GROUPNORM_GROUPS = 32
+
+
+@dataclass
+class UNetConfig:
+    """Regular (guided-diffusion style) UNet with Imagen text conditioning.
+
+    embed_dim: base channel count E; level `i` has `E * channel_mult[i]` channels and the time
+        embedding has `4 * E`.
+    num_res_blocks: ResBlocks per level on the input side (the output side has one more); an int for
+        every level or a list with one entry per level.
+    num_attn_heads / per_head_channels: heads of an attention block with C channels are
+        `C // per_head_channels` when `per_head_channels > 0` (so the documented 4 x 64 gives 4 heads
+        at 256 channels and 16 at 1024), else `num_attn_heads`.
+    cond_dim: width of the projected text tokens (attention context) and of the pooled text vector.
+    attention_resolutions: feature-map sizes (image_size / 2**level) that get an attention block after
+        each ResBlock; the middle block always has one.
+    dropout: ResBlock dropout rate. Typed `Any` because the documented YAML writes `dropout: False`,
+        which an OmegaConf float field rejects; a bool is read as 0.0 / 1.0 and stored as a float.
+    use_null_token: dropped text (classifier-free guidance) becomes one learned token instead of one
+        zero token.
+    stable_attention: attention scores and softmax in float32 (safe in bf16/fp16).
+    flash_attention: fused `scaled_dot_product_attention` kernels; excludes stable_attention.
+    resblock_updown: resample with a ResBlock instead of a plain (conv) resampler.
+    resample_with_conv: plain resamplers use a stride-2 conv / nearest-x2 + conv instead of an average
+        pool / bare nearest x2.
+    """
+
+    embed_dim: int = 256
+    image_size: int = 64
+    channels: int = 3
+    num_res_blocks: Any = 3
+    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    num_attn_heads: int = 4
+    per_head_channels: int = 64
+    cond_dim: int = 512
+    attention_type: str = "fused"
+    feature_pooling_type: str = "attention"
+    learned_sinu_pos_emb_dim: int = 0
+    attention_resolutions: List[int] = field(default_factory=lambda: [8, 16, 32])
+    dropout: Any = 0.0
+    use_null_token: bool = False
+    init_conv_kernel_size: int = 3
+    gradient_checkpointing: bool = False
+    scale_shift_norm: bool = True
+    stable_attention: bool = True
+    flash_attention: bool = False
+    resblock_updown: bool = False
+    resample_with_conv: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.dropout, bool):
+            self.dropout = float(self.dropout)
+        self.validate()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channel_mult)
+
+    def res_blocks_per_level(self) -> List[int]:
+        """num_res_blocks as one int per level."""
+        if isinstance(self.num_res_blocks, int):
+            return [self.num_res_blocks] * self.num_levels
+        return list(self.num_res_blocks)
+
+    def level_resolution(self, level: int) -> int:
+        return self.image_size // 2**level
+
+    def level_channels(self, level: int) -> int:
+        return self.embed_dim * self.channel_mult[level]
+
+    def has_attention(self, level: int) -> bool:
+        """Whether the ResBlocks of `level` are followed by attention (the middle block always is)."""
+        return self.level_resolution(level) in self.attention_resolutions
+
+    def num_heads(self, channels: int) -> int:
+        return channels // self.per_head_channels if self.per_head_channels > 0 else self.num_attn_heads
+
+    def validate(self) -> None:
+        """Raise ValueError('unet.<key>: ...') for the first inconsistent key."""
+        for key in ("embed_dim", "image_size", "channels", "cond_dim", "init_conv_kernel_size"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                raise ValueError(f"unet.{key}: {getattr(self, key)!r} must be a positive int")
+        if self.init_conv_kernel_size % 2 == 0:
+            raise ValueError(
+                f"unet.init_conv_kernel_size: {self.init_conv_kernel_size} must be odd (same padding)"
+            )
+        if not self.channel_mult or not all(_is_int(m) and m >= 1 for m in self.channel_mult):
+            raise ValueError(f"unet.channel_mult: {self.channel_mult!r} must be a non-empty list of positive ints")
+        self._validate_res_blocks()
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ValueError(
+                f"unet.attention_type: {self.attention_type!r} is not one of {', '.join(ATTENTION_TYPES)}"
+            )
+        if self.feature_pooling_type not in FEATURE_POOLING_TYPES:
+            raise ValueError(
+                f"unet.feature_pooling_type: {self.feature_pooling_type!r} is not one of "
+                f"{', '.join(FEATURE_POOLING_TYPES)}"
+            )
+        if not _is_int(self.learned_sinu_pos_emb_dim) or self.learned_sinu_pos_emb_dim < 0:
+            raise ValueError(
+                f"unet.learned_sinu_pos_emb_dim: {self.learned_sinu_pos_emb_dim!r} must be 0 (fixed "
+                "sinusoidal embedding) or a positive even int"
+            )
+        if self.learned_sinu_pos_emb_dim % 2:
+            raise ValueError(
+                f"unet.learned_sinu_pos_emb_dim: {self.learned_sinu_pos_emb_dim} must be even (half sin, half cos)"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"unet.dropout: {self.dropout!r} must be a float in [0, 1)")
+        if self.flash_attention and self.stable_attention:
+            raise ValueError(
+                "unet.flash_attention: flash_attention and stable_attention are both True, which is "
+                "contradictory (the fused kernel cannot use the float32 stable form); set one of them False"
+            )
+        downsampling = 2 ** (self.num_levels - 1)
+        if self.image_size % downsampling:
+            raise ValueError(
+                f"unet.image_size: {self.image_size} is not divisible by 2**(levels-1) = {downsampling} "
+                f"({self.num_levels} levels from channel_mult)"
+            )
+        resolutions = [self.level_resolution(level) for level in range(self.num_levels)]
+        for res in self.attention_resolutions:
+            if res not in resolutions:
+                raise ValueError(
+                    f"unet.attention_resolutions: {res} is not a resolution of this UNet "
+                    f"(levels have {resolutions})"
+                )
+        self._validate_channels()
+
+    def _validate_res_blocks(self) -> None:
+        blocks = self.num_res_blocks
+        if _is_int(blocks):
+            blocks = [blocks]
+        elif isinstance(blocks, (list, tuple)):
+            if len(blocks) != self.num_levels:
+                raise ValueError(
+                    f"unet.num_res_blocks: list {list(blocks)} has {len(blocks)} entries but channel_mult "
+                    f"has {self.num_levels} levels"
+                )
+        else:
+            raise ValueError(f"unet.num_res_blocks: {blocks!r} must be an int or a list of ints")
+        if not all(_is_int(n) and n >= 1 for n in blocks):
+            raise ValueError(f"unet.num_res_blocks: {self.num_res_blocks!r} entries must be positive ints")
+
+    def _validate_channels(self) -> None:
+        last = self.num_levels - 1
+        for level in range(self.num_levels):
+            ch = self.level_channels(level)
+            if ch % GROUPNORM_GROUPS:
+                raise ValueError(
+                    f"unet.embed_dim: level {level} has {ch} channels (embed_dim {self.embed_dim} x "
+                    f"channel_mult {self.channel_mult[level]}), not divisible by {GROUPNORM_GROUPS} (GroupNorm groups)"
+                )
+            if not (self.has_attention(level) or level == last):
+                continue
+            if self.per_head_channels > 0:
+                if ch % self.per_head_channels:
+                    raise ValueError(
+                        f"unet.per_head_channels: {self.per_head_channels} does not divide the {ch} channels "
+                        f"of attention level {level}"
+                    )
+            elif self.num_attn_heads < 1 or ch % self.num_attn_heads:
+                raise ValueError(
+                    f"unet.num_attn_heads: {self.num_attn_heads} heads do not divide the {ch} channels of "
+                    f"attention level {level} (per_head_channels <= 0 selects num_attn_heads)"
+                )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
