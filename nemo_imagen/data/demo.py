@@ -1,0 +1,181 @@
+"""The demo dataset: one coloured shape per image, with a caption saying which.
+
+Each 64x64 image shows one shape (``SHAPES``: circle, axis-aligned square, upright triangle) in one of
+``COLOURS`` (six named RGB values), between ``MIN_SIZE_FRACTION`` and ``MAX_SIZE_FRACTION`` of the image
+wide, at a random position fully inside the image, on a light plain background (every channel in
+``BACKGROUND_RANGE``). Captions always contain ``"<colour> <shape>"`` (``"a red circle"``), with optional
+truthful phrasing around it: a size word, the position, a framing ("a photo of ..."), the background.
+
+Everything is derived from ``(seed, split, index)``, so the same arguments give byte-identical shards.
+Shards: ``train-000000.tar ...`` and a held-out ``val-000000.tar``; each sample has ``jpg`` (quality 95,
+no chroma subsampling), ``txt`` and ``json`` (the drawn parameters, for checkers).
+"""
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+from webdataset import TarWriter
+
+COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 80, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 50, 180),
+    "orange": (245, 135, 15),
+}
+SHAPES: Tuple[str, ...] = ("circle", "square", "triangle")
+IMAGE_SIZE = 64
+MIN_SIZE_FRACTION = 0.3  # shape width / image width (the spec asks for at least a quarter)
+MAX_SIZE_FRACTION = 0.6
+BACKGROUND_RANGE = (220, 255)  # every background channel lies in this closed range
+SPLITS = {"train": 0, "val": 1}
+JPEG_QUALITY = 95
+
+_SUPERSAMPLE = 4  # draw at 4x and box-filter down: antialiased edges
+_MARGIN = 2.0  # pixels kept free between the shape and the image border
+_FRAMINGS = ("", "a photo of ", "a picture of ", "an image of ", "a drawing of ", "a simple illustration of ")
+_TAR_MTIME = 0.0  # fixed tar timestamps: reproducible shards
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """The drawn parameters of one demo image (pixel units of the ``IMAGE_SIZE`` image).
+
+    ``size`` is the shape's width (circle: diameter; square: side; triangle: base, height
+    ``size * sqrt(3) / 2``); ``(cx, cy)`` is the centre of its bounding box.
+    """
+
+    colour: str
+    shape: str
+    size: float
+    cx: float
+    cy: float
+    background: Tuple[int, int, int]
+    caption: str
+
+    def bbox(self) -> Tuple[float, float, float, float]:
+        """``(left, top, right, bottom)`` of the shape."""
+        height = self.size * math.sqrt(3) / 2 if self.shape == "triangle" else self.size
+        return (self.cx - self.size / 2, self.cy - height / 2, self.cx + self.size / 2, self.cy + height / 2)
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _caption(rng: np.random.Generator, colour: str, shape: str, size: float, cx: float, cy: float) -> str:
+    words = [colour, shape]
+    size_word = "small" if size < 0.4 * IMAGE_SIZE else "large" if size > 0.5 * IMAGE_SIZE else None
+    if size_word and rng.random() < 0.5:
+        words.insert(0, size_word)
+    caption = _FRAMINGS[rng.integers(len(_FRAMINGS))] + _with_article(" ".join(words))
+    if rng.random() < 0.5:
+        horizontal = "left" if cx < 0.4 * IMAGE_SIZE else "right" if cx > 0.6 * IMAGE_SIZE else None
+        vertical = "top" if cy < 0.4 * IMAGE_SIZE else "bottom" if cy > 0.6 * IMAGE_SIZE else None
+        if horizontal and vertical:
+            caption += f" in the {vertical} {horizontal}"
+        elif horizontal:
+            caption += f" on the {horizontal}"
+        elif vertical:
+            caption += f" at the {vertical}"
+        else:
+            caption += " in the middle"
+    if rng.random() < 0.2:
+        caption += " on a plain light background"
+    return caption
+
+
+def demo_sample(seed: int, split: str, index: int) -> DemoSample:
+    """The parameters of sample ``index`` of ``split`` ('train' or 'val'); a pure function of its arguments."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    size = float(rng.uniform(MIN_SIZE_FRACTION, MAX_SIZE_FRACTION)) * IMAGE_SIZE
+    height = size * math.sqrt(3) / 2 if shape == "triangle" else size
+    cx = float(rng.uniform(_MARGIN + size / 2, IMAGE_SIZE - _MARGIN - size / 2))
+    cy = float(rng.uniform(_MARGIN + height / 2, IMAGE_SIZE - _MARGIN - height / 2))
+    low, high = BACKGROUND_RANGE
+    base = int(rng.integers(low + 5, high - 4))
+    background = tuple(int(np.clip(base + rng.integers(-5, 6), low, high)) for _ in range(3))
+    return DemoSample(colour, shape, size, cx, cy, background, _caption(rng, colour, shape, size, cx, cy))
+
+
+def render(sample: DemoSample) -> Image.Image:
+    """Draw ``sample`` as an ``IMAGE_SIZE`` x ``IMAGE_SIZE`` RGB image."""
+    scale = _SUPERSAMPLE
+    image = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), sample.background)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = (v * scale for v in sample.bbox())
+    fill = COLOURS[sample.colour]
+    # PIL's box coordinates are inclusive: the last covered pixel is right - 1.
+    if sample.shape == "circle":
+        draw.ellipse((left, top, right - 1, bottom - 1), fill=fill)
+    elif sample.shape == "square":
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
+    else:
+        draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=fill)
+    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buffer.getvalue()
+
+
+def _write_shard(path: str, seed: int, split: str, indices: range) -> None:
+    with TarWriter(path, mtime=_TAR_MTIME, encoder=False) as writer:
+        for index in indices:
+            sample = demo_sample(seed, split, index)
+            writer.write(
+                {
+                    "__key__": f"{split}-{index:07d}",
+                    "jpg": encode_jpeg(render(sample)),
+                    "txt": sample.caption.encode("utf-8"),
+                    "json": json.dumps(asdict(sample), sort_keys=True).encode("utf-8"),
+                }
+            )
+
+
+def make_demo_dataset(
+    output_dir: str,
+    num_samples: int = 6000,
+    samples_per_shard: int = 1000,
+    seed: int = 0,
+    num_val_samples: int = 256,
+) -> Dict[str, List[str]]:
+    """Write the demo shards.
+
+    Args:
+        output_dir: created if missing; existing shards of the same names are overwritten.
+        num_samples: training samples, in ``ceil(num_samples / samples_per_shard)`` shards
+            ``train-000000.tar ...``.
+        samples_per_shard: samples per training shard (the last may hold fewer).
+        seed: everything is a function of it.
+        num_val_samples: held-out samples in ``val-000000.tar`` (0 = none).
+
+    Returns:
+        ``{"train": [shard paths], "val": [shard paths]}``.
+    """
+    if num_samples <= 0 or samples_per_shard <= 0 or num_val_samples < 0:
+        raise ValueError(
+            f"make_demo_dataset: num_samples {num_samples} and samples_per_shard {samples_per_shard} must be "
+            f"positive and num_val_samples {num_val_samples} non-negative"
+        )
+    os.makedirs(output_dir, exist_ok=True)
+    shards: Dict[str, List[str]] = {"train": [], "val": []}
+    for shard_index, start in enumerate(range(0, num_samples, samples_per_shard)):
+        path = os.path.join(output_dir, f"train-{shard_index:06d}.tar")
+        _write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)))
+        shards["train"].append(path)
+    if num_val_samples:
+        path = os.path.join(output_dir, "val-000000.tar")
+        _write_shard(path, seed, "val", range(num_val_samples))
+        shards["val"].append(path)
+    return shards
