@@ -12,7 +12,7 @@ Example (a base 64x64 stage)::
     data:
       num_workers: 2
       train:
-        dataset_path: [demo_data/train-{000000..000005}.tar]
+        dataset_path: ['demo_data/train-{000000..000005}.tar']  # quote brace patterns in YAML
         augmentations: {resize_smallest_side: 64, center_crop_h_w: '64, 64', horizontal_flip: False}
         filterings: {resolution: {method: larger, value: 64}}
         target_resolutions: [64]

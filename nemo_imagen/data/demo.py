@@ -25,9 +25,9 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 160, 50),
     "blue": (30, 80, 220),
-    "yellow": (240, 210, 20),
+    "yellow": (240, 215, 20),
     "purple": (140, 50, 180),
-    "orange": (245, 135, 15),
+    "orange": (245, 125, 15),
 }
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle")
 IMAGE_SIZE = 64

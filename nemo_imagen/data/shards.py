@@ -28,18 +28,21 @@ def expand_shard_paths(dataset_path: Union[str, Sequence[str]], key: str = "data
         The shard files, in the order given.
 
     Raises:
-        ValueError: nothing to expand. FileNotFoundError: a shard is missing (the message names it).
+        ValueError: nothing to expand. FileNotFoundError: shards are missing (the message names them).
     """
     patterns = [dataset_path] if isinstance(dataset_path, str) else list(dataset_path)
     if not patterns:
         raise ValueError(f"{key}: is empty; list the webdataset shards to train on (brace patterns allowed)")
-    paths = []
+    paths, missing = [], []
     for pattern in patterns:
         for path in expand_urls(str(pattern)):
             if not os.path.isfile(path):
-                origin = "" if path == pattern else f" (from {pattern!r})"
-                raise FileNotFoundError(f"{key}: shard {path!r}{origin} does not exist")
+                missing.append(repr(path) if path == pattern else f"{path!r} (from {pattern!r})")
             paths.append(path)
+    if missing:
+        listed = ", ".join(missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"{key}: {len(missing)} of {len(paths)} shards do not exist: {listed}{more}")
     return paths
 
 
@@ -71,7 +74,7 @@ def iter_shard(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
                 entries[ext.lower()] = data
                 tar.members = []  # a streamed TarFile otherwise keeps every member's header
     except (OSError, tarfile.TarError, EOFError) as error:
-        after = f" after sample {key!r}" if key is not None else ""
+        after = f" while reading sample {key!r}" if key is not None else ""
         raise ShardReadError(f"shard {path!r} is unreadable{after}: {type(error).__name__}: {error}") from None
     if key is not None:
         yield key, entries
