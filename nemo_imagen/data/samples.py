@@ -79,7 +79,7 @@ class SampleDecoder:
     ):
         self.transform = transform
         self.resolution_filter = resolution_filter
-        self.embedding_entry = sample_key(precached_key) if precached_key else None
+        self.embedding_entry = sample_key(precached_key).lower() if precached_key else None
         self.embed_dim = embed_dim
         self.token_length = token_length
 
@@ -94,6 +94,7 @@ class SampleDecoder:
         Raises:
             SampleError: the sample is unusable (its ``kind`` says why).
         """
+        entries = {name.lower(): data for name, data in entries.items()}  # webdataset matches extensions case-blind
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in entries), None)
         required = [image_ext or "/".join(IMAGE_EXTENSIONS), CAPTION_EXTENSION]
         if self.embedding_entry:

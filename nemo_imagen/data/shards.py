@@ -50,7 +50,7 @@ def iter_shard(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
     """Read one shard sequentially.
 
     Yields:
-        ``(key, entries)`` per sample in tar order, ``entries`` mapping the lower-cased extension
+        ``(key, entries)`` per sample in tar order, ``entries`` mapping the extension as stored
         (``jpg``, ``txt``, ``embeddings_t5_xxl.npy``, ...) to the member's bytes.
 
     Raises:
@@ -71,7 +71,7 @@ def iter_shard(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
                     if key is not None:
                         yield key, entries
                     key, entries = prefix, {}
-                entries[ext.lower()] = data
+                entries[ext] = data
                 tar.members = []  # a streamed TarFile otherwise keeps every member's header
     except (OSError, tarfile.TarError, EOFError) as error:
         after = f" while reading sample {key!r}" if key is not None else ""

@@ -210,3 +210,14 @@ def test_build_names_missing_shards_and_refuses_synthetic_configs(tmp_path, kit)
     cfg.synthetic_data = True
     with pytest.raises(ValueError, match="data.synthetic_data"):
         build_train_dataloader(cfg, kit.cond_config(), 2)
+
+
+def test_entry_names_match_case_blind(tmp_path, kit):
+    sample = kit.good_sample("upper", 1)
+    sample["JPG"] = sample.pop("jpg")
+    sample["Embeddings_Mixed.npy"] = sample.pop(sample_key(kit.PRECACHED_KEY))
+    path = kit.write_shard(tmp_path / "a.tar", [sample])
+    cond = kit.cond_config(precached_key="Embeddings_Mixed")
+    (batch,), skipped = collect(build_train_dataloader(kit.data_config([path]), cond, micro_batch_size=1))
+    assert batch["captions"] == ["caption upper"] and skipped == {}
+    assert batch["text_mask"][0].tolist() == [True, True, True, False]
