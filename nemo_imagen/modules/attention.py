@@ -10,7 +10,7 @@ The score computation has three interchangeable paths (`mode`), equal up to floa
 - "flash": `torch.nn.functional.scaled_dot_product_attention` with a boolean mask (dispatches to
   the flash / memory-efficient kernels on GPU);
 - "stable": explicit matmuls, q and k each pre-scaled by d**-0.25 and scores + softmax in float32
-  (autocast disabled), safe under bf16 / fp16;
+  (float64 for float64 inputs; autocast disabled), safe under bf16 / fp16;
 - "plain": the same explicit path in the input dtype.
 """
 
@@ -47,8 +47,9 @@ def attention(
     scale = q.shape[-1] ** -0.25
     q, k = q * scale, k * scale
     if mode == "stable":
+        acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
         with torch.autocast(device_type=q.device.type, enabled=False):
-            weights = _masked_softmax(q.float() @ k.float().transpose(-1, -2), key_mask)
+            weights = _masked_softmax(q.to(acc) @ k.to(acc).transpose(-1, -2), key_mask)
         weights = weights.to(v.dtype)
     elif mode == "plain":
         weights = _masked_softmax(q @ k.transpose(-1, -2), key_mask)
@@ -161,7 +162,9 @@ class FeedForwardBlock(nn.Module):
     def __init__(self, channels: int, mult: int = 4):
         super().__init__()
         self.norm = nn.GroupNorm(GROUPNORM_GROUPS, channels)
-        self.net = nn.Sequential(nn.Linear(channels, mult * channels), nn.GELU(), zero_module(nn.Linear(mult * channels, channels)))
+        self.net = nn.Sequential(
+            nn.Linear(channels, mult * channels), nn.GELU(), zero_module(nn.Linear(mult * channels, channels))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + _from_tokens(self.net(_to_tokens(self.norm(x))), x)

@@ -117,11 +117,12 @@ class UNet(nn.Module):
         drop_text: torch.Tensor = None,
     ):
         """-> emb [B, 4E] (noise level + pooled text), context [B, L, cond_dim], mask [B, L] bool."""
-        text_embed, text_mask = self.drop_text(text_embed.to(self.text_to_cond.weight.dtype), text_mask, drop_text)
+        text_embed = text_embed.to(self.text_to_cond.weight.dtype)
+        text_embed, text_mask = self.apply_text_dropout(text_embed, text_mask, drop_text)
         emb = self.time_embed(noise_cond) + self.text_pool(text_embed, text_mask)
         return emb, self.text_to_cond(text_embed), text_mask
 
-    def drop_text(self, text_embed: torch.Tensor, text_mask: torch.Tensor, drop_text: torch.Tensor = None):
+    def apply_text_dropout(self, text_embed: torch.Tensor, text_mask: torch.Tensor, drop_text: torch.Tensor = None):
         """Replace the text of dropped samples, and of samples without a real token, by the null text.
 
         text_embed: [B, L, D], text_mask: [B, L], drop_text: [B] bool or None -> (text_embed, text_mask)
