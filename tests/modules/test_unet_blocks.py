@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample
+
+
+def ref_resblock(block, x, emb):
+    """The block's formula written out with functional ops, in float64."""
+    p = {name: t.detach().double() for name, t in block.named_parameters()}
+    x, emb = x.double(), emb.double()
+    h = F.silu(F.group_norm(x, 32, p["in_norm.weight"], p["in_norm.bias"]))
+    if block.resample is not None:
+        h, x = block.resample(h), block.resample(x)
+    h = F.conv2d(h, p["in_conv.weight"], p["in_conv.bias"], padding=1)
+    e = F.linear(F.silu(emb), p["emb_proj.weight"], p["emb_proj.bias"])[:, :, None, None]
+    if block.scale_shift_norm:
+        scale, shift = e.chunk(2, dim=1)
+        h = F.group_norm(h, 32, p["out_norm.weight"], p["out_norm.bias"]) * (1 + scale) + shift
+    else:
+        h = F.group_norm(h + e, 32, p["out_norm.weight"], p["out_norm.bias"])
+    h = F.conv2d(F.silu(h), p["out_conv.weight"], p["out_conv.bias"], padding=1)
+    skip = F.conv2d(x, p["skip.weight"], p["skip.bias"]) if "skip.weight" in p else x
+    return skip + h
+
+
+@pytest.mark.parametrize(
+    "in_ch, out_ch, scale_shift_norm, resample, out_hw",
+    [
+        (32, 64, True, None, 4),
+        (64, 64, False, None, 4),
+        (64, 64, True, "up", 8),
+        (32, 32, True, "down", 2),
+    ],
+)
+def test_resblock_matches_formula(in_ch, out_ch, scale_shift_norm, resample, out_hw, perturb):
+    torch.manual_seed(0)
+    block = perturb(ResBlock(in_ch, out_ch, 16, scale_shift_norm=scale_shift_norm, resample=resample))
+    x, emb = torch.randn(2, in_ch, 4, 4), torch.randn(2, 16)
+    out = block(x, emb)
+    assert out.shape == (2, out_ch, out_hw, out_hw)
+    torch.testing.assert_close(out.double(), ref_resblock(block, x, emb), atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_resblock_is_its_skip_path():
+    torch.manual_seed(0)
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    assert torch.equal(ResBlock(32, 32, 16)(x, emb), x)
+
+
+def test_resblock_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    block = ResBlock(32, 32, 16, dropout=0.5)
+    torch.nn.init.normal_(block.out_conv.weight)
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    block.eval()
+    assert torch.equal(block(x, emb), block(x, emb))
+    block.train()
+    assert not torch.allclose(block(x, emb), block(x, emb))
+
+
+def test_plain_resamplers():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    down = Downsample(1, with_conv=False)(x)
+    torch.testing.assert_close(down, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    up = Upsample(1, with_conv=False)(down)
+    torch.testing.assert_close(up, down.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+
+
+def test_conv_resamplers():
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 4, 4)
+    down = Downsample(32, with_conv=True)
+    torch.testing.assert_close(down(x), F.conv2d(x, down.conv.weight, down.conv.bias, stride=2, padding=1))
+    up = Upsample(32, with_conv=True)
+    nearest = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    torch.testing.assert_close(up(x), F.conv2d(nearest, up.conv.weight, up.conv.bias, padding=1))
+
+
+def test_conditioned_sequential_routes_inputs():
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, context, mask):
+            calls.append((context, mask))
+            return x + context.sum() + mask.sum()
+
+    torch.manual_seed(0)
+    res = ResBlock(32, 32, 16)
+    torch.nn.init.normal_(res.out_conv.weight)
+    seq = ConditionedSequential(res, Recorder(), Downsample(32, with_conv=False))
+    x, emb = torch.randn(1, 32, 4, 4), torch.randn(1, 16)
+    context, mask = torch.ones(1, 3, 8), torch.tensor([[True, True, False]])
+    out = seq(x, emb, context, mask)
+    expected = F.avg_pool2d(res(x, emb) + 24.0 + 2.0, 2)
+    torch.testing.assert_close(out, expected)
+    assert calls[0][0] is context and calls[0][1] is mask
