@@ -7,7 +7,7 @@ import pytest
 import torch
 from webdataset import TarWriter
 
-from nemo_imagen.data.dataset import build_train_dataloader
+from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
 from nemo_imagen.data.demo import make_demo_dataset
 from nemo_imagen.data.precache import PARTIAL_SUFFIX, precache_embeddings
 from nemo_imagen.data.shards import iter_shard

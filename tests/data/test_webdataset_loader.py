@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from nemo_imagen.data.config import AugmentationConfig, FilteringConfig, ResolutionFilterConfig
-from nemo_imagen.data.dataset import build_train_dataloader
+from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
 from nemo_imagen.data.samples import SKIP_KINDS
 from nemo_imagen.text.embedding_format import encode_embedding, sample_key
 
