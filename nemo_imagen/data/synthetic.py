@@ -1,0 +1,79 @@
+"""Random images and text embeddings, so every config can train and be benchmarked without data."""
+from typing import Dict, Iterator, List
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+
+class SyntheticImageTextDataset(IterableDataset):
+    """Yields `length` samples per rank: random images in [-1, 1] and random token embeddings.
+
+    Each sample: `images` [C, R, R] at the largest of `resolutions` plus `images_{r}` [C, r, r] for every
+    r (area-downsampled from the largest), `text_embed` [L, D], `text_mask` [L] (a random number of real
+    tokens, at least one), `captions` (a placeholder string naming the sample).
+    """
+
+    def __init__(
+        self,
+        resolutions: List[int],
+        channels: int,
+        token_length: int,
+        embed_dim: int,
+        length: int,
+        seed: int = 1234,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__()
+        self.resolutions = sorted(resolutions)
+        self.channels = channels
+        self.token_length = token_length
+        self.embed_dim = embed_dim
+        self.length = length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[Dict]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        stream = self.rank * num_workers + worker_id
+        streams = self.world_size * num_workers
+        for index in range(stream, self.length * self.world_size, streams):
+            yield self._sample(index)
+
+    def _sample(self, index: int) -> Dict:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        top = self.resolutions[-1]
+        image = torch.rand(self.channels, top, top, generator=generator) * 2 - 1
+        num_tokens = int(torch.randint(1, self.token_length + 1, (1,), generator=generator))
+        text_embed = torch.zeros(self.token_length, self.embed_dim)
+        text_embed[:num_tokens] = torch.randn(num_tokens, self.embed_dim, generator=generator)
+        sample = {
+            "images": image,
+            "text_embed": text_embed,
+            "text_mask": torch.arange(self.token_length) < num_tokens,
+            "captions": f"synthetic sample {index}",
+        }
+        for resolution in self.resolutions:
+            factor = top // resolution
+            sample[f"images_{resolution}"] = torch.nn.functional.avg_pool2d(image[None], factor)[0]
+        return sample
+
+
+def build_synthetic_dataloader(
+    resolutions: List[int],
+    channels: int,
+    token_length: int,
+    embed_dim: int,
+    micro_batch_size: int,
+    length: int,
+    num_workers: int = 0,
+    seed: int = 1234,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    dataset = SyntheticImageTextDataset(
+        resolutions, channels, token_length, embed_dim, length, seed=seed, rank=rank, world_size=world_size
+    )
+    return DataLoader(dataset, batch_size=micro_batch_size, num_workers=num_workers, drop_last=True)

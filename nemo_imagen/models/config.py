@@ -1,0 +1,150 @@
+"""The `model` block of a training config, typed and checked before any weight is allocated.
+
+Each YAML block has a dataclass next to the code that reads it (`modules/config.py`, `diffusion/config.py`,
+`text/config.py`, `data/config.py`); this module assembles them into `ImagenConfig` and turns OmegaConf's
+and the dataclasses' errors into one `ConfigError` that names the offending key.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nemo_imagen.data.config import DataConfig
+from nemo_imagen.diffusion import preconditioning_config_class
+from nemo_imagen.modules.config import UNetConfig
+from nemo_imagen.text.config import ConditioningConfig
+
+UNET_TYPES = ("base",)
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: the message names the key and what is allowed."""
+
+
+@dataclass
+class OptimConfig:
+    """NeMo-style `optim` block. `name`: adam, adamw or fused_adam (all AdamW with decoupled weight decay;
+    `fused_adam` uses PyTorch's fused CUDA kernel on GPU). `sched` goes to NeMo's scheduler registry
+    (e.g. `{name: WarmupPolicy, warmup_steps: 10000}`)."""
+
+    name: str = "fused_adam"
+    lr: float = 1e-4
+    eps: float = 1e-8
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    sched: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self):
+        if self.name not in ("adam", "adamw", "fused_adam"):
+            raise ConfigError(f"optim.name: {self.name!r} is not one of adam, adamw, fused_adam")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: {self.lr} must be positive")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas: needs two values, got {list(self.betas)}")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the UNet weights, kept in the checkpoint and used for sampling.
+    The effective decay ramps up as min(decay, (1 + step) / (10 + step)) so short runs are usable."""
+
+    enable: bool = True
+    decay: float = 0.9999
+
+    def __post_init__(self):
+        if not 0.0 < self.decay < 1.0:
+            raise ConfigError(f"ema.decay: {self.decay} is not in (0, 1)")
+
+
+@dataclass
+class SampleLogConfig:
+    """Every `every_n_steps` steps a grid of samples for fixed prompts goes to TensorBoard (0 = never).
+    Without a text encoder (precached embeddings) the first training batch's captions are used."""
+
+    every_n_steps: int = 1000
+    prompts: List[str] = field(default_factory=lambda: ["a photo of a cat", "a red car on a street"])
+    images_per_prompt: int = 2
+    sampler: str = "edm"
+    steps: int = 30
+    cfg: float = 4.0
+    seed: int = 0
+
+
+AUTOCAST_DTYPES = {"bf16-mixed": "bfloat16", "bf16": "bfloat16", "16-mixed": "float16", "16": "float16"}
+
+
+@dataclass
+class ImagenConfig:
+    # Lightning's precision name (normally `${trainer.precision}`); sampling runs under the same autocast.
+    precision: Any = "bf16-mixed"
+    micro_batch_size: int = 32
+    global_batch_size: int = 32
+    inductor: bool = False
+    channels_last: bool = True
+    unet_type: str = "base"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    seed: int = 1234
+    resume_from_checkpoint: Optional[str] = None
+    preconditioning_type: str = "EDM"
+    # Typed by `preconditioning_type` (EDMConfig or DDPMConfig), checked in `validate_model_config`.
+    preconditioning: Dict[str, Any] = field(default_factory=dict)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sample_log: SampleLogConfig = field(default_factory=SampleLogConfig)
+    # Written by NeMo's ModelPT into every model config it saves.
+    target: Optional[str] = None
+    nemo_version: Optional[str] = None
+
+    def __post_init__(self):
+        if self.unet_type not in UNET_TYPES:
+            raise ConfigError(f"model.unet_type: {self.unet_type!r} is not one of {', '.join(UNET_TYPES)}")
+        for key in ("micro_batch_size", "global_batch_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}: {getattr(self, key)} must be positive")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"model.global_batch_size: {self.global_batch_size} is not a multiple of "
+                f"model.micro_batch_size {self.micro_batch_size}"
+            )
+
+
+def _clean_error(error: OmegaConfBaseException, prefix: str) -> ConfigError:
+    full_key = getattr(error, "full_key", None)
+    message = str(error).split("\n")[0]
+    where = f"{prefix}.{full_key}" if full_key else prefix
+    return ConfigError(f"{where}: {message}")
+
+
+def validate_model_config(cfg: DictConfig):
+    """Checks the `model` block: unknown keys, wrong types and bad values raise `ConfigError` naming the key.
+
+    Returns `(typed, merged)`: the `ImagenConfig` object (with `preconditioning` as its typed dataclass) and
+    the DictConfig with every default filled in, which the model stores and saves in its `.nemo`.
+    """
+    try:
+        # resolve `${trainer.precision}`-style references while the block still has its parent config
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(ImagenConfig), cfg)
+        precond_type = merged.preconditioning_type
+        try:
+            precond_schema = OmegaConf.structured(preconditioning_config_class(precond_type))
+        except ValueError as error:
+            raise ConfigError(f"model.{error}") from None
+        precond = OmegaConf.merge(precond_schema, cfg.get("preconditioning") or {})
+    except OmegaConfBaseException as error:
+        raise _clean_error(error, "model") from None
+    try:
+        typed = OmegaConf.to_object(merged)
+        typed.preconditioning = OmegaConf.to_object(precond)
+    except OmegaConfBaseException as error:
+        raise _clean_error(error, "model") from None
+    except ConfigError:
+        raise
+    except ValueError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith("model.") else f"model.{message}") from None
+    merged.preconditioning = OmegaConf.to_container(precond)
+    return typed, merged

@@ -1,0 +1,238 @@
+"""MegatronImagen: one Imagen stage (a text-conditioned UNet under a diffusion preconditioning) as a NeMo model."""
+import copy
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from nemo.utils import logging
+
+from nemo_imagen.data.synthetic import build_synthetic_dataloader
+from nemo_imagen.diffusion import (
+    SAMPLERS,
+    build_preconditioning,
+    classifier_free_guidance,
+    sample_drop_mask,
+    sampling_sigmas,
+    threshold_denoiser,
+)
+from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
+from nemo_imagen.models.images import image_grid
+from nemo_imagen.models.megatron_base import MegatronImagenBase
+from nemo_imagen.modules.unet import UNet
+from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
+
+
+class MegatronImagen(MegatronImagenBase):
+    """Trains one stage of the cascade. `cfg` is the `model` block (see `models/config.py`)."""
+
+    def __init__(self, cfg, trainer=None):
+        self.typed_cfg, cfg = validate_model_config(cfg)
+        super().__init__(cfg, trainer=trainer)
+        typed = self.typed_cfg
+        self.unet = UNet(typed.unet, text_embed_dim=typed.conditioning.embed_dim)
+        if typed.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.ema_unet = None
+        if typed.ema.enable:
+            self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
+        self._last_ema_step = -1
+        self._log_prompts: Optional[Tuple[List[str], torch.Tensor, torch.Tensor]] = None
+        # Not registered as submodules: the frozen encoder must never enter a checkpoint, and the compiled
+        # UNet shares the weights of `self.unet`.
+        object.__setattr__(self, "_text_encoder", None)
+        object.__setattr__(self, "_compiled_unet", None)
+
+    # ---- text ----
+    @property
+    def text_encoder(self) -> Optional[TextEncoder]:
+        """The frozen encoder named by `conditioning.encoder_path` (None when training on precached embeddings)."""
+        if self._text_encoder is None and self.typed_cfg.conditioning.encoder_path:
+            object.__setattr__(self, "_text_encoder", build_text_encoder(self.typed_cfg.conditioning))
+        if self._text_encoder is not None:
+            self._text_encoder.to(self.device)
+        return self._text_encoder
+
+    def set_text_encoder(self, encoder: TextEncoder):
+        """Use `encoder` for prompts (e.g. sampling a model that was trained on precached embeddings)."""
+        if encoder.embed_dim != self.typed_cfg.conditioning.embed_dim:
+            raise ConfigError(
+                f"conditioning.embed_dim: the model was trained on {self.typed_cfg.conditioning.embed_dim}-dim "
+                f"text embeddings, but encoder {encoder.name!r} gives {encoder.embed_dim}"
+            )
+        object.__setattr__(self, "_text_encoder", encoder)
+
+    def encode_prompts(self, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (text_embed [B, L, D], text_mask [B, L]) with the configured encoder."""
+        encoder = self.text_encoder
+        if encoder is None:
+            raise ConfigError(
+                "conditioning.encoder_path: this model was trained on precached embeddings and names no text "
+                "encoder; set conditioning.encoder_path (or sample.yaml's encoder_path) to encode prompts"
+            )
+        embed, mask = encoder.encode(list(prompts), self.typed_cfg.conditioning.token_length)
+        return embed.to(self.device), mask.to(self.device)
+
+    def _batch_text(self, batch: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        if "text_embed" in batch:
+            return batch["text_embed"].float(), batch["text_mask"].bool()
+        return self.encode_prompts(batch["captions"])
+
+    # ---- training ----
+    def _net(self) -> Callable:
+        if self.typed_cfg.inductor and self.training:
+            if self._compiled_unet is None:
+                object.__setattr__(self, "_compiled_unet", torch.compile(self.unet))
+            return self._compiled_unet
+        return self.unet
+
+    def setup_training_data(self, data_cfg):
+        typed = self.typed_cfg
+        rank, world = self.data_parallel_rank, self.data_parallel_size
+        if typed.data.synthetic_data:
+            self._train_dl = build_synthetic_dataloader(
+                resolutions=[typed.unet.image_size],
+                channels=typed.unet.channels,
+                token_length=typed.conditioning.token_length,
+                embed_dim=typed.conditioning.embed_dim,
+                micro_batch_size=typed.micro_batch_size,
+                length=typed.data.synthetic_data_length,
+                num_workers=typed.data.num_workers,
+                seed=typed.seed,
+                rank=rank,
+                world_size=world,
+            )
+            return
+        from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
+
+        top = max(typed.data.train.target_resolutions)
+        if top != typed.unet.image_size:
+            raise ConfigError(
+                f"model.data.train.target_resolutions: the largest entry ({top}) must equal "
+                f"model.unet.image_size ({typed.unet.image_size})"
+            )
+        self._train_dl = build_train_dataloader(
+            typed.data, typed.conditioning, typed.micro_batch_size, rank=rank, world_size=world, seed=typed.seed
+        )
+
+    def training_step(self, batch, batch_idx):
+        images = batch["images"]
+        if self.typed_cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        text_embed, text_mask = self._batch_text(batch)
+        if self._log_prompts is None:
+            count = min(len(batch["captions"]), len(self.typed_cfg.sample_log.prompts) or 4)
+            self._log_prompts = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count])
+        drop_text = sample_drop_mask(images.shape[0], self.typed_cfg.conditioning.drop_rate, device=self.device)
+        loss = self.precond.loss(
+            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text
+        ).mean()
+        self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        self.log("global_step", float(self.trainer.global_step))
+        self.log("consumed_samples", float(self.consumed_samples))
+        for kind, count in (batch.get("skipped") or {}).items():
+            self._skipped[kind] = self._skipped.get(kind, 0) + int(count)
+            self.log(f"data/skipped_{kind}", float(self._skipped[kind]))
+        return loss
+
+    def on_train_start(self):
+        self._skipped = {}
+        if self.ema_unet is not None:
+            self.ema_unet.to(self.device)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = self.trainer.global_step
+        if step == self._last_ema_step:  # still accumulating gradients: no optimizer step yet
+            return
+        self._last_ema_step = step
+        if self.ema_unet is not None:
+            self._update_ema(step)
+        every = self.typed_cfg.sample_log.every_n_steps
+        if every > 0 and step % every == 0:
+            self.log_sample_grid()
+
+    @torch.no_grad()
+    def _update_ema(self, step: int):
+        decay = min(self.typed_cfg.ema.decay, (1 + step) / (10 + step))
+        ema_params = list(self.ema_unet.parameters())
+        params = [p.detach() for p in self.unet.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.ema_unet.buffers(), self.unet.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def log_sample_grid(self):
+        """Samples the fixed prompts and writes a grid to TensorBoard (rank 0 only)."""
+        if self.global_rank != 0 or self.logger is None or not hasattr(self.logger.experiment, "add_image"):
+            return
+        log_cfg = self.typed_cfg.sample_log
+        if self.text_encoder is not None and log_cfg.prompts:
+            prompts = list(log_cfg.prompts)
+            text_embed, text_mask = self.encode_prompts(prompts)
+        elif self._log_prompts is not None:
+            prompts, text_embed, text_mask = self._log_prompts
+        else:
+            return
+        repeat = log_cfg.images_per_prompt
+        generator = torch.Generator(device=self.device).manual_seed(log_cfg.seed)
+        images = self.sample(
+            text_embed.repeat_interleave(repeat, 0),
+            text_mask.repeat_interleave(repeat, 0),
+            sampler=log_cfg.sampler,
+            steps=log_cfg.steps,
+            cfg_scale=log_cfg.cfg,
+            generator=generator,
+        )
+        grid = image_grid(images, nrow=repeat)
+        self.logger.experiment.add_image("samples", grid, self.trainer.global_step, dataformats="HWC")
+        self.logger.experiment.add_text("sample_prompts", " | ".join(prompts), self.trainer.global_step)
+
+    # ---- sampling ----
+    @torch.no_grad()
+    def sample(
+        self,
+        text_embed: torch.Tensor,
+        text_mask: torch.Tensor,
+        *,
+        sampler: str = "edm",
+        steps: int = 30,
+        cfg_scale: float = 4.0,
+        thresholding: str = "dynamic",
+        generator: Optional[torch.Generator] = None,
+        use_ema: bool = True,
+        callback: Optional[Callable] = None,
+    ) -> torch.Tensor:
+        """text_embed: [B, L, D], text_mask: [B, L] -> images [B, C, H, W] in [-1, 1].
+
+        Classifier-free guidance runs the conditional and unconditional halves as one batch. The EMA weights
+        are used when the model has them; the UNet runs under the autocast of `model.precision`.
+        """
+        net = self.ema_unet if use_ema and self.ema_unet is not None else self.unet
+        was_training = net.training
+        net.eval()
+        text_embed = text_embed.to(self.device, torch.float32)
+        text_mask = text_mask.to(self.device, torch.bool)
+        unet_cfg = self.typed_cfg.unet
+        shape = (text_embed.shape[0], unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size)
+
+        def denoise(x, sigma, drop_text):
+            repeat = x.shape[0] // text_embed.shape[0]
+            return self.precond.denoise(
+                net,
+                x,
+                sigma,
+                text_embed=text_embed.repeat(repeat, 1, 1),
+                text_mask=text_mask.repeat(repeat, 1),
+                drop_text=drop_text,
+            )
+
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
+        denoiser = threshold_denoiser(classifier_free_guidance(denoise, cfg_scale), thresholding)
+        sigmas = sampling_sigmas(self.precond, sampler, steps).to(self.device)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        x = noise * sigmas[0].to(noise.dtype)
+        autocast_dtype = AUTOCAST_DTYPES.get(str(self.typed_cfg.precision))
+        with torch.autocast(self.device.type, getattr(torch, autocast_dtype or "float32"), enabled=bool(autocast_dtype)):
+            images = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback)
+        net.train(was_training)
+        return images.clamp(-1, 1)

@@ -1,0 +1,37 @@
+"""Tiny-model overrides shared by the tests: the documented configs with small widths so a CPU step is fast."""
+TINY_UNET = {
+    "embed_dim": 32,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [32],
+    "per_head_channels": 16,
+    "cond_dim": 32,
+}
+TINY_CONDITIONING = {"embed_dim": 16, "token_length": 8}
+
+
+def tiny_overrides(exp_dir, max_steps=4, extra=()):
+    """Hydra command-line overrides turning a documented config into a seconds-long CPU run."""
+    unet = [f"model.unet.{key}={value}".replace(" ", "") for key, value in TINY_UNET.items()]
+    cond = [f"model.conditioning.{key}={value}" for key, value in TINY_CONDITIONING.items()]
+    return unet + cond + [
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32",
+        f"trainer.max_steps={max_steps}",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_model_summary=False",
+        "model.micro_batch_size=2",
+        "model.global_batch_size=4",
+        "model.inductor=False",
+        "model.data.synthetic_data=True",
+        "model.data.synthetic_data_length=64",
+        "model.data.num_workers=0",
+        "model.sample_log.every_n_steps=2",
+        "model.sample_log.steps=2",
+        "model.sample_log.images_per_prompt=1",
+        "model.optim.sched.warmup_steps=2",
+        "exp_manager.checkpoint_callback_params.every_n_train_steps=2",
+        f"exp_manager.exp_dir={exp_dir}",
+        *extra,
+    ]
