@@ -1,0 +1,36 @@
+"""Sample images from trained stages: `python examples/sample.py base_ckpt=run.nemo prompts='[a red circle]'`.
+
+Writes {output_dir}/{prompt_index:05d}_{image_index:02d}.png and {output_dir}/grid.png."""
+from pathlib import Path
+
+from nemo.core.config import hydra_runner
+
+from nemo_imagen.models.images import image_grid, save_png, to_uint8
+from nemo_imagen.models.pipeline import ImagenPipeline, read_prompts, sample_config_from
+from nemo_imagen.models.trainer_builder import exit_on_config_error
+
+
+@hydra_runner(config_path="conf", config_name="sample")
+@exit_on_config_error
+def main(cfg) -> None:
+    cfg = sample_config_from(cfg)
+    prompts = read_prompts(cfg)
+    pipeline = ImagenPipeline.from_config(cfg)
+    images = pipeline(
+        prompts,
+        cfg.samplings,
+        num_images_per_prompt=cfg.num_images_per_prompt,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        thresholding=cfg.thresholding,
+    )
+    out = Path(cfg.output_dir)
+    for index, picture in enumerate(to_uint8(images)):
+        prompt_index, image_index = divmod(index, cfg.num_images_per_prompt)
+        save_png(picture, out / f"{prompt_index:05d}_{image_index:02d}.png")
+    grid = save_png(image_grid(images, nrow=cfg.num_images_per_prompt), out / "grid.png")
+    print(f"wrote {len(images)} images and {grid}")
+
+
+if __name__ == "__main__":
+    main()
