@@ -1,0 +1,70 @@
+"""Diffusion core: preconditioning (EDM, continuous DDPM), losses, noise schedules, samplers,
+classifier-free guidance and thresholding. Pure PyTorch, no parameters.
+
+All samplers use the variance-exploding form x = x0 + sigma n and a denoiser D(x, sigma) -> x0_hat;
+each preconditioning turns a raw network net(x_in, noise_cond, **cond) into one (`precond.denoise`).
+"""
+from .config import LOSS_TYPES, NOISE_SCHEDULES, PRED_OBJECTIVES, DDPMConfig, EDMConfig
+from .ddpm import (
+    LOG_SNR_MAX,
+    LOG_SNR_MIN,
+    LOG_SNR_SCHEDULES,
+    ContinuousDDPM,
+    alpha_sigma_from_log_snr,
+    cosine_log_snr,
+    linear_log_snr,
+)
+from .edm import EDMPreconditioning, edm_coefficients, edm_loss_weight
+from .guidance import (
+    THRESHOLDS,
+    classifier_free_guidance,
+    dynamic_threshold,
+    sample_drop_mask,
+    static_threshold,
+    threshold_denoiser,
+)
+from .losses import per_sample_loss
+from .preconditioning import build_preconditioning, preconditioning_config_class
+from .samplers import (
+    DEFAULT_STEPS,
+    SAMPLERS,
+    sample_ddpm_ancestral,
+    sample_dpmpp_2m,
+    sample_heun,
+    sampling_sigmas,
+)
+from .schedules import karras_sigmas
+
+__all__ = [
+    "LOSS_TYPES",
+    "NOISE_SCHEDULES",
+    "PRED_OBJECTIVES",
+    "DDPMConfig",
+    "EDMConfig",
+    "LOG_SNR_MAX",
+    "LOG_SNR_MIN",
+    "LOG_SNR_SCHEDULES",
+    "ContinuousDDPM",
+    "alpha_sigma_from_log_snr",
+    "cosine_log_snr",
+    "linear_log_snr",
+    "EDMPreconditioning",
+    "edm_coefficients",
+    "edm_loss_weight",
+    "THRESHOLDS",
+    "classifier_free_guidance",
+    "dynamic_threshold",
+    "sample_drop_mask",
+    "static_threshold",
+    "threshold_denoiser",
+    "per_sample_loss",
+    "build_preconditioning",
+    "preconditioning_config_class",
+    "DEFAULT_STEPS",
+    "SAMPLERS",
+    "sample_ddpm_ancestral",
+    "sample_dpmpp_2m",
+    "sample_heun",
+    "sampling_sigmas",
+    "karras_sigmas",
+]
