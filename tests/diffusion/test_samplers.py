@@ -4,6 +4,8 @@ Data x0 ~ N(mu, Sigma); at noise level s, x = x0 + s n ~ N(mu, Sigma + s^2 I) an
 E[x0 | x] = mu + Sigma (Sigma + s^2 I)^-1 (x - mu). With that denoiser every sampler should
 return samples from N(mu, Sigma) up to its discretisation error.
 """
+import math
+
 import pytest
 import torch
 
@@ -146,3 +148,55 @@ def test_churn_is_limited_to_the_s_tmin_s_tmax_window():
                          generator=torch.Generator().manual_seed(8))
     assert torch.equal(plain, outside)
     assert not torch.allclose(plain, inside)
+
+
+class SigmaRecorder:
+    """A denoiser returning x0_hat = -ln(sigma) (the same for every x), recording (x, sigma) per call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, sigma):
+        self.calls.append((x.clone(), sigma[0].item()))
+        return (-sigma.log())[:, None].expand_as(x).clone()
+
+
+@pytest.mark.parametrize("S_churn, gamma", [(1.0, 0.2), (100.0, 2**0.5 - 1)])
+def test_heun_churn_follows_algorithm_2(S_churn, gamma):
+    """gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax], t_hat = (1 + gamma) t_i, and the
+    first denoiser call of a step sees x + sqrt(t_hat^2 - t_i^2) S_noise eps with eps the generator's draw."""
+    sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64)  # N = 5
+    x = torch.tensor([[0.7, -1.2]], dtype=torch.float64)
+    den = SigmaRecorder()
+    sample_heun(den, x, sigmas, S_churn=S_churn, S_tmin=0.9, S_tmax=6.0, S_noise=1.1,
+                generator=torch.Generator().manual_seed(9))
+    # 2N - 1 = 9 calls: (t_hat, t_next) for steps 0-3, then t_hat of the last (Euler) step
+    assert [s for _, s in den.calls[::2]] == pytest.approx(
+        [10.0, 5.0 * (1 + gamma), 2.0 * (1 + gamma), 1.0 * (1 + gamma), 0.5], rel=1e-12
+    )
+    # step 0 is outside the window: x_hat = x. Heun's x_1 by hand from the two x0_hat = -ln(sigma):
+    assert torch.equal(den.calls[0][0], x)
+    t0, t1 = 10.0, 5.0
+    d0 = (x + math.log(t0)) / t0
+    d1 = (den.calls[1][0] + math.log(t1)) / t1
+    x1 = x + (t1 - t0) * (0.5 * d0 + 0.5 * d1)
+    # step 1 raises the noise: x_hat = x_1 + sqrt(t_hat^2 - t_1^2) S_noise eps, eps the generator's first draw
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    t_hat = t1 * (1 + gamma)
+    assert torch.allclose(den.calls[2][0], x1 + math.sqrt(t_hat**2 - t1**2) * 1.1 * eps, rtol=1e-12, atol=1e-12)
+
+
+def test_dpmpp_2m_update_by_hand():
+    """Two steps of Lu et al.'s update with D = -ln(sigma): the second step extrapolates x0_hat to the
+    middle of its log-sigma interval, D_1 = x0_1 + (x0_1 - x0_0) / (2 r), r = h_0 / h_1."""
+    s0, s1, s2 = 10.0, 2.0, 0.1
+    x = torch.tensor([[3.0, -4.0]], dtype=torch.float64)
+    out = sample_dpmpp_2m(SigmaRecorder(), x, torch.tensor([s0, s1, s2], dtype=torch.float64))
+    lam0, lam1, lam2 = -math.log(s0), -math.log(s1), -math.log(s2)
+    h0, h1 = lam1 - lam0, lam2 - lam1
+    x1 = (s1 / s0) * x - math.expm1(-h0) * lam0
+    r = h0 / h1
+    D1 = (1 + 1 / (2 * r)) * lam1 - 1 / (2 * r) * lam0
+    assert D1 == pytest.approx(lam1 + h1 / 2 * (lam1 - lam0) / h0)
+    x2 = (s2 / s1) * x1 - math.expm1(-h1) * D1
+    assert torch.allclose(out, x2, rtol=1e-12, atol=1e-12)
