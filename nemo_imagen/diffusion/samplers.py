@@ -47,7 +47,7 @@ def sample_heun(
     t_{i+1} with Heun's second-order correction, except on the last step to t_N = 0 (Euler only).
     x: [B, ...] = randn * sigmas[0]; returns x0: [B, ...]. 2N - 1 denoiser calls.
     """
-    sigmas = [float(s) for s in sigmas]
+    sigmas = torch.as_tensor(sigmas).tolist()
     N = len(sigmas) - 1
     for i in range(N):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
@@ -78,7 +78,7 @@ def sample_ddpm_ancestral(denoiser, x: torch.Tensor, sigmas, *, generator=None, 
     Each step draws x_s from it with x0 = D(x_t, sigma_t); the last step (sigma_s = 0) returns x0_hat.
     x: [B, ...] = randn * sigmas[0]; returns x0: [B, ...]. N denoiser calls.
     """
-    sigmas = [float(s) for s in sigmas]
+    sigmas = torch.as_tensor(sigmas).tolist()
     N = len(sigmas) - 1
     for i in range(N):
         sigma_t, sigma_s = sigmas[i], sigmas[i + 1]
@@ -103,7 +103,7 @@ def sample_dpmpp_2m(denoiser, x: torch.Tensor, sigmas, *, generator=None, callba
     r_i = h_{i-1} / h_i. The last step to sigma = 0 (h infinite) returns x0_hat. Deterministic:
     `generator` is accepted for the common signature and unused. N denoiser calls.
     """
-    sigmas = [float(s) for s in sigmas]
+    sigmas = torch.as_tensor(sigmas).tolist()
     N = len(sigmas) - 1
     x0_prev, h_prev = None, None
     for i in range(N):
@@ -151,5 +151,6 @@ def sampling_sigmas(precond, sampler: str, steps=None) -> torch.Tensor:
         steps = precond.cfg.timesteps if is_ddpm and sampler == "ddpm" else DEFAULT_STEPS
     if is_ddpm and sampler == "edm":
         edm = EDMConfig()
-        return karras_sigmas(steps, max(precond.sigma_min, edm.sigma_min), min(precond.sigma_max, edm.sigma_max), edm.rho)
+        sigma_min, sigma_max = max(precond.sigma_min, edm.sigma_min), min(precond.sigma_max, edm.sigma_max)
+        return karras_sigmas(steps, sigma_min, sigma_max, edm.rho)
     return precond.sigmas(steps)
