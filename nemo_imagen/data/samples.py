@@ -67,6 +67,7 @@ class SampleDecoder:
         precached_key: read the embedding ``{precached_key}.npy`` (None: captions only, for online encoding).
         embed_dim: D, the expected embedding width.
         token_length: L, the padded/trimmed number of tokens.
+        out_key: the batch key of the embedding (``conditioning.out_key``); its mask is ``{out_key}_mask``.
     """
 
     def __init__(
@@ -76,8 +77,10 @@ class SampleDecoder:
         precached_key: Optional[str],
         embed_dim: int,
         token_length: int,
+        out_key: str = "t5_text",
     ):
         self.transform = transform
+        self.out_key = out_key
         self.resolution_filter = resolution_filter
         self.embedding_entry = sample_key(precached_key).lower() if precached_key else None
         self.embed_dim = embed_dim
@@ -88,8 +91,8 @@ class SampleDecoder:
 
         Returns:
             ``{"images_{r}": [3, r, r] float32 in [-1, 1] for every target resolution r,
-            "captions": str}`` plus, with a precached key, ``"text_embed": [L, D] float32`` and
-            ``"text_mask": [L] bool``.
+            "captions": str}`` plus, with a precached key, ``out_key: [L, D] float32`` and
+            ``"{out_key}_mask": [L] bool``.
 
         Raises:
             SampleError: the sample is unusable (its ``kind`` says why).
@@ -114,7 +117,7 @@ class SampleDecoder:
                 tokens = decode_embedding(entries[self.embedding_entry], self.embed_dim)
             except EmbeddingFormatError as error:
                 raise SampleError("bad_embedding", f"{self.embedding_entry}: {error}") from None
-            sample["text_embed"], sample["text_mask"] = pad_or_trim(tokens, self.token_length)
+            sample[self.out_key], sample[f"{self.out_key}_mask"] = pad_or_trim(tokens, self.token_length)
 
         try:
             image = decode_image(entries[image_ext])
@@ -137,8 +140,9 @@ def collate(samples: Sequence[Dict], skipped: Dict[str, int]) -> Dict:
 
     Returns:
         ``images_{r}``: ``[B, 3, r, r]`` for every target resolution r; ``images``: the largest of them
-        (the same tensor); ``captions``: list of B str; ``text_embed``: ``[B, L, D]`` float32 and
-        ``text_mask``: ``[B, L]`` bool when the samples carry them; ``skipped``: ``{kind: count}``.
+        (the same tensor); ``captions``: list of B str; the precached text embedding ``[B, L, D]`` float32
+        and its mask ``[B, L]`` bool under ``conditioning.out_key`` and ``{out_key}_mask`` when the samples
+        carry them; ``skipped``: ``{kind: count}``.
     """
     batch: Dict = {}
     image_keys = sorted((key for key in samples[0] if key.startswith("images_")), key=lambda k: int(k.split("_")[1]))
@@ -146,8 +150,8 @@ def collate(samples: Sequence[Dict], skipped: Dict[str, int]) -> Dict:
         batch[key] = torch.stack([sample[key] for sample in samples])
     batch["images"] = batch[image_keys[-1]]
     batch["captions"] = [sample["captions"] for sample in samples]
-    if "text_embed" in samples[0]:
-        batch["text_embed"] = torch.stack([sample["text_embed"] for sample in samples])
-        batch["text_mask"] = torch.stack([sample["text_mask"] for sample in samples])
+    for key, value in samples[0].items():
+        if not key.startswith("images_") and isinstance(value, torch.Tensor):  # the text embedding and mask
+            batch[key] = torch.stack([sample[key] for sample in samples])
     batch["skipped"] = dict(skipped)
     return batch

@@ -9,8 +9,8 @@ class SyntheticImageTextDataset(IterableDataset):
     """Yields `length` samples per rank: random images in [-1, 1] and random token embeddings.
 
     Each sample: `images` [C, R, R] at the largest of `resolutions` plus `images_{r}` [C, r, r] for every
-    r (area-downsampled from the largest), `text_embed` [L, D], `text_mask` [L] (a random number of real
-    tokens, at least one), `captions` (a placeholder string naming the sample).
+    r (area-downsampled from the largest), the text embedding [L, D] under `out_key` and its mask [L] under
+    `{out_key}_mask` (a random number of real tokens, at least one), `captions` (a placeholder naming the sample).
     """
 
     def __init__(
@@ -23,8 +23,10 @@ class SyntheticImageTextDataset(IterableDataset):
         seed: int = 1234,
         rank: int = 0,
         world_size: int = 1,
+        out_key: str = "t5_text",
     ):
         super().__init__()
+        self.out_key = out_key
         self.resolutions = sorted(resolutions)
         self.channels = channels
         self.token_length = token_length
@@ -51,8 +53,8 @@ class SyntheticImageTextDataset(IterableDataset):
         text_embed[:num_tokens] = torch.randn(num_tokens, self.embed_dim, generator=generator)
         sample = {
             "images": image,
-            "text_embed": text_embed,
-            "text_mask": torch.arange(self.token_length) < num_tokens,
+            self.out_key: text_embed,
+            f"{self.out_key}_mask": torch.arange(self.token_length) < num_tokens,
             "captions": f"synthetic sample {index}",
         }
         for resolution in self.resolutions:
@@ -72,8 +74,9 @@ def build_synthetic_dataloader(
     seed: int = 1234,
     rank: int = 0,
     world_size: int = 1,
+    out_key: str = "t5_text",
 ) -> DataLoader:
     dataset = SyntheticImageTextDataset(
-        resolutions, channels, token_length, embed_dim, length, seed=seed, rank=rank, world_size=world_size
+        resolutions, channels, token_length, embed_dim, length, seed, rank, world_size, out_key
     )
     return DataLoader(dataset, batch_size=micro_batch_size, num_workers=num_workers, drop_last=True)

@@ -256,7 +256,7 @@ def build_train_dataloader(
         An ``ImagenDataLoader`` yielding dicts: ``images`` ``[B, 3, R, R]`` in [-1, 1]
         (R = max target resolution), ``images_{r}`` ``[B, 3, r, r]`` for every r in
         ``data.train.target_resolutions`` (bicubic downsamples of ``images``; ``images_{R}`` is
-        ``images``), ``captions`` (B str), ``text_embed`` ``[B, L, D]`` float32 and ``text_mask``
+        ``images``), ``captions`` (B str), ``{out_key}`` ``[B, L, D]`` float32 and ``{out_key}_mask``
         ``[B, L]`` bool (precached embeddings only), ``skipped`` ``{kind: count}`` (samples the
         producing worker dropped since its previous batch; kinds in ``samples.SKIP_KINDS``).
 
@@ -276,7 +276,9 @@ def build_train_dataloader(
     precached_key = None if cond_cfg.online_encoding else cond_cfg.precached_key
     if not cond_cfg.online_encoding and not precached_key:
         raise ValueError("conditioning.precached_key: must be set to read precached embeddings (or set online_encoding)")
-    decoder = SampleDecoder(transform, resolution_filter, precached_key, cond_cfg.embed_dim, cond_cfg.token_length)
+    decoder = SampleDecoder(
+        transform, resolution_filter, precached_key, cond_cfg.embed_dim, cond_cfg.token_length, cond_cfg.out_key
+    )
     dataset = ImagenWebDataset(
         shards,
         decoder,

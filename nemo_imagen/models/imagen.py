@@ -1,9 +1,10 @@
 """MegatronImagen: one Imagen stage (a text-conditioned UNet under a diffusion preconditioning) as a NeMo model."""
 import copy
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
-from nemo.utils import logging
 
 from nemo_imagen.data.synthetic import build_synthetic_dataloader
 from nemo_imagen.diffusion import (
@@ -15,7 +16,7 @@ from nemo_imagen.diffusion import (
     threshold_denoiser,
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
-from nemo_imagen.models.images import image_grid
+from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.megatron_base import MegatronImagenBase
 from nemo_imagen.modules.unet import UNet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
@@ -73,8 +74,10 @@ class MegatronImagen(MegatronImagenBase):
         return embed.to(self.device), mask.to(self.device)
 
     def _batch_text(self, batch: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
-        if "text_embed" in batch:
-            return batch["text_embed"].float(), batch["text_mask"].bool()
+        """Precached embeddings arrive under `conditioning.out_key`; otherwise the captions are encoded."""
+        out_key = self.typed_cfg.conditioning.out_key
+        if out_key in batch:
+            return batch[out_key].float(), batch[f"{out_key}_mask"].bool()
         return self.encode_prompts(batch["captions"])
 
     # ---- training ----
@@ -100,6 +103,7 @@ class MegatronImagen(MegatronImagenBase):
                 seed=typed.seed,
                 rank=rank,
                 world_size=world,
+                out_key=typed.conditioning.out_key,
             )
             return
         from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
@@ -164,6 +168,20 @@ class MegatronImagen(MegatronImagenBase):
         """Samples the fixed prompts and writes a grid to TensorBoard (rank 0 only)."""
         if self.global_rank != 0 or self.logger is None or not hasattr(self.logger.experiment, "add_image"):
             return
+        sampled = self.sample_fixed_prompts()
+        if sampled is not None:
+            prompts, grid = sampled
+            self.logger.experiment.add_image("samples", grid, self.trainer.global_step, dataformats="HWC")
+            self.logger.experiment.add_text("sample_prompts", " | ".join(prompts), self.trainer.global_step)
+
+    def save_sample_grid(self, path) -> Optional[Path]:
+        """Writes the fixed prompts' sample grid (one row per prompt) as a PNG; None if there are no prompts."""
+        sampled = self.sample_fixed_prompts()
+        return save_png(sampled[1], path) if sampled is not None else None
+
+    def sample_fixed_prompts(self) -> Optional[Tuple[List[str], np.ndarray]]:
+        """Samples `sample_log.prompts` (or, without a text encoder, the first batch's captions)
+        -> (prompts, grid [H, W, C] uint8 with one row per prompt)."""
         log_cfg = self.typed_cfg.sample_log
         if self.text_encoder is not None and log_cfg.prompts:
             prompts = list(log_cfg.prompts)
@@ -171,7 +189,7 @@ class MegatronImagen(MegatronImagenBase):
         elif self._log_prompts is not None:
             prompts, text_embed, text_mask = self._log_prompts
         else:
-            return
+            return None
         repeat = log_cfg.images_per_prompt
         generator = torch.Generator(device=self.device).manual_seed(log_cfg.seed)
         images = self.sample(
@@ -182,9 +200,7 @@ class MegatronImagen(MegatronImagenBase):
             cfg_scale=log_cfg.cfg,
             generator=generator,
         )
-        grid = image_grid(images, nrow=repeat)
-        self.logger.experiment.add_image("samples", grid, self.trainer.global_step, dataformats="HWC")
-        self.logger.experiment.add_text("sample_prompts", " | ".join(prompts), self.trainer.global_step)
+        return prompts, image_grid(images, nrow=repeat)
 
     # ---- sampling ----
     @torch.no_grad()

@@ -29,9 +29,8 @@ class ConditioningConfig:
         precached_key: name of the precached embedding in the webdataset shards; the sample entry is
             ``{precached_key}.npy`` (see ``nemo_imagen.text.embedding_format``). Required unless
             ``online_encoding`` is True.
-        out_key: NeMo's name for the text condition in its batches, accepted so NeMo configs load
-            unchanged; nemo_imagen's batches always call it ``text_embed`` / ``text_mask``
-            (docs/architecture.md).
+        out_key: the batch key under which precached embeddings reach the model (``[B, L, D]``);
+            their mask is ``{out_key}_mask`` (``[B, L]``), as in NeMo's batches.
         online_encoding: encode the raw captions with the frozen encoder during training instead
             of reading precached embeddings.
         encoder_path: local Hugging Face directory of the text encoder (with its tokenizer), or the

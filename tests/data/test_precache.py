@@ -63,9 +63,9 @@ def test_loader_reads_exactly_what_the_tool_wrote(precached, minilm, kit, token_
     for batch in loader:
         embed, mask = minilm.encode(batch["captions"], 32)
         embed, mask = embed[:, :token_length], mask[:, :token_length]
-        torch.testing.assert_close(batch["text_embed"], embed, rtol=2e-3, atol=2e-3)  # float16 storage
-        assert torch.equal(batch["text_mask"], mask)
-        assert batch["text_mask"].sum() > 0
+        torch.testing.assert_close(batch["t5_text"], embed, rtol=2e-3, atol=2e-3)  # float16 storage
+        assert torch.equal(batch["t5_text_mask"], mask)
+        assert batch["t5_text_mask"].sum() > 0
         seen += len(batch["captions"])
         skipped += batch["skipped"]["missing_key"]
     assert (seen, skipped) == (11, 1)  # the caption-less sample is skipped by the loader, counted

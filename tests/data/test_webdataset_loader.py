@@ -34,19 +34,19 @@ def test_batches_follow_the_model_contract(tmp_path, kit):
     assert skipped == {}
     assert [len(b["captions"]) for b in batches] == [4, 2]  # the last batch of a finite epoch is partial
     batch = batches[0]
-    assert set(batch) == {"images", "images_64", "captions", "text_embed", "text_mask", "skipped"}
+    assert set(batch) == {"images", "images_64", "captions", "t5_text", "t5_text_mask", "skipped"}
     assert batch["images"] is batch["images_64"]
     assert batch["images"].shape == (4, 3, 64, 64) and batch["images"].dtype == torch.float32
     assert batch["images"].min() >= -1 and batch["images"].max() <= 1
-    assert batch["text_embed"].shape == (4, 4, kit.EMBED_DIM) and batch["text_embed"].dtype == torch.float32
-    assert batch["text_mask"].dtype == torch.bool
+    assert batch["t5_text"].shape == (4, 4, kit.EMBED_DIM) and batch["t5_text"].dtype == torch.float32
+    assert batch["t5_text_mask"].dtype == torch.bool
     assert set(batch["skipped"]) == set(SKIP_KINDS)
     # Sample s0_i holds 3 tokens of value i + token position, padded to 4 with a False mask.
     for row, caption in enumerate(batch["captions"]):
         index = int(caption.split("_")[1])
         expected = torch.tensor([index, index + 1, index + 2, 0], dtype=torch.float32)
-        torch.testing.assert_close(batch["text_embed"][row, :, 0], expected)
-        assert batch["text_mask"][row].tolist() == [True, True, True, False]
+        torch.testing.assert_close(batch["t5_text"][row, :, 0], expected)
+        assert batch["t5_text_mask"][row].tolist() == [True, True, True, False]
     # Colour of sample i is (10 i, 100, 200): the decoded image carries it, scaled to [-1, 1].
     red = batch["images"][:, 0].mean(dim=(1, 2))
     expected_red = torch.tensor([int(c.split("_")[1]) * 10 / 127.5 - 1 for c in batch["captions"]])
@@ -197,7 +197,7 @@ def test_online_encoding_reads_captions_only(tmp_path, kit):
     cond = kit.cond_config(online_encoding=True, encoder_path="all-MiniLM-L6-v2")
     (batch,), skipped = collect(build_train_dataloader(kit.data_config([path]), cond, micro_batch_size=2))
     assert sorted(batch["captions"]) == ["caption no_embedding", "caption with_embedding"]
-    assert "text_embed" not in batch and "text_mask" not in batch
+    assert "t5_text" not in batch and "t5_text_mask" not in batch
     assert skipped == {}
 
 
@@ -220,4 +220,4 @@ def test_entry_names_match_case_blind(tmp_path, kit):
     cond = kit.cond_config(precached_key="Embeddings_Mixed")
     (batch,), skipped = collect(build_train_dataloader(kit.data_config([path]), cond, micro_batch_size=1))
     assert batch["captions"] == ["caption upper"] and skipped == {}
-    assert batch["text_mask"][0].tolist() == [True, True, True, False]
+    assert batch["t5_text_mask"][0].tolist() == [True, True, True, False]
