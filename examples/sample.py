@@ -1,6 +1,7 @@
 """Sample images from trained stages: `python examples/sample.py base_ckpt=run.nemo prompts='[a red circle]'`.
 
-Writes {output_dir}/{prompt_index:05d}_{image_index:02d}.png and {output_dir}/grid.png."""
+Writes {output_dir}/{prompt_index:05d}_{image_index:02d}.png, {output_dir}/grid.png (a row per prompt) and
+{output_dir}/prompts.txt (the prompts in index order)."""
 from pathlib import Path
 
 from nemo.core.config import hydra_runner
@@ -25,6 +26,8 @@ def main(cfg) -> None:
         thresholding=cfg.thresholding,
     )
     out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt in prompts), encoding="utf-8")
     for index, picture in enumerate(to_uint8(images)):
         prompt_index, image_index = divmod(index, cfg.num_images_per_prompt)
         save_png(picture, out / f"{prompt_index:05d}_{image_index:02d}.png")
