@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nemo_imagen.modules.blocks import zero_module
-from nemo_imagen.modules.config import GROUPNORM_GROUPS
+from nemo_imagen.modules.config import norm_groups
 
 ATTENTION_MODES = ("flash", "stable", "plain")
 
@@ -108,7 +108,7 @@ class SelfAttentionBlock(_MultiHead):
 
     def __init__(self, channels: int, num_heads: int, mode: str = "stable"):
         super().__init__(channels, num_heads, mode)
-        self.norm = nn.GroupNorm(GROUPNORM_GROUPS, channels)
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
@@ -122,7 +122,7 @@ class CrossAttentionBlock(_MultiHead):
 
     def __init__(self, channels: int, context_dim: int, num_heads: int, mode: str = "stable"):
         super().__init__(channels, num_heads, mode)
-        self.norm = nn.GroupNorm(GROUPNORM_GROUPS, channels)
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
         self.norm_context = nn.LayerNorm(context_dim)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
@@ -140,7 +140,7 @@ class FusedAttentionBlock(_MultiHead):
 
     def __init__(self, channels: int, context_dim: int, num_heads: int, mode: str = "stable"):
         super().__init__(channels, num_heads, mode)
-        self.norm = nn.GroupNorm(GROUPNORM_GROUPS, channels)
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
         self.norm_context = nn.LayerNorm(context_dim)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.kv_context = nn.Linear(context_dim, 2 * channels)
@@ -161,7 +161,7 @@ class FeedForwardBlock(nn.Module):
 
     def __init__(self, channels: int, mult: int = 4):
         super().__init__()
-        self.norm = nn.GroupNorm(GROUPNORM_GROUPS, channels)
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
         self.net = nn.Sequential(
             nn.Linear(channels, mult * channels), nn.GELU(), zero_module(nn.Linear(mult * channels, channels))
         )

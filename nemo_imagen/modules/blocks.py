@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nemo_imagen.modules.config import GROUPNORM_GROUPS
+from nemo_imagen.modules.config import norm_groups
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -52,10 +52,10 @@ class ResBlock(nn.Module):
             raise ValueError(f"resample {resample!r} is not one of None, 'up', 'down'")
         self.resample = {None: None, "up": upsample_nearest, "down": downsample_avg}[resample]
         self.scale_shift_norm = scale_shift_norm
-        self.in_norm = nn.GroupNorm(GROUPNORM_GROUPS, in_channels)
+        self.in_norm = nn.GroupNorm(norm_groups(in_channels), in_channels)
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if scale_shift_norm else out_channels)
-        self.out_norm = nn.GroupNorm(GROUPNORM_GROUPS, out_channels)
+        self.out_norm = nn.GroupNorm(norm_groups(out_channels), out_channels)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)

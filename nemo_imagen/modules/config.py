@@ -12,6 +12,14 @@ from typing import Any, List
 ATTENTION_TYPES = ("self", "cross", "stacked", "fused")
 FEATURE_POOLING_TYPES = ("attention", "mean")
 GROUPNORM_GROUPS = 32
+MIN_CHANNELS_PER_GROUP = 4
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm's usual 32 groups, but never fewer than 4 channels a group: with 32 groups a 32-channel
+    layer (small models) would be InstanceNorm, normalising away each channel's level. Unchanged (32) for
+    every layer of 128 or more channels, i.e. all documented sizes."""
+    return min(GROUPNORM_GROUPS, channels // MIN_CHANNELS_PER_GROUP)
 
 
 @dataclass

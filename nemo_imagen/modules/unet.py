@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from nemo_imagen.modules.attention import attention_mode, make_attention_block
 from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample, zero_module
-from nemo_imagen.modules.config import GROUPNORM_GROUPS, UNetConfig
+from nemo_imagen.modules.config import UNetConfig, norm_groups
 from nemo_imagen.modules.embeddings import NoiseLevelEmbedding, PooledTextEmbedding
 
 
@@ -93,7 +93,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(seq(*layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(GROUPNORM_GROUPS, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.channels, 3, padding=1))
+            nn.GroupNorm(norm_groups(ch), ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.channels, 3, padding=1))
         )
 
     def forward(

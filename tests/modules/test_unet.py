@@ -164,7 +164,8 @@ def test_gradient_checkpointing_gives_identical_outputs_and_grads(tiny_config, p
     assert not calls  # no recomputation bookkeeping at inference
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+# float32 differs only by summation order (memory layout changes the reductions); float64 pins it down
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 3e-5), (torch.float64, 1e-10)])
 @pytest.mark.parametrize("attention_type", ["fused", "stacked"])
 def test_channels_last_gives_same_outputs_and_grads(attention_type, dtype, tol, tiny_config, perturb):
     model = make_unet(tiny_config(attention_type=attention_type, resblock_updown=True), perturb).to(dtype)

@@ -5,20 +5,35 @@ import torch.nn.functional as F
 from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample
 
 
+def expected_groups(channels):
+    """32 groups, but at least 4 channels in each (32 groups of 1 channel would be InstanceNorm)."""
+    return min(32, channels // 4)
+
+
+def test_every_norm_keeps_at_least_four_channels_a_group():
+    from nemo_imagen.modules import UNet, UNetConfig
+
+    unet = UNet(UNetConfig(embed_dim=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[32],
+                           per_head_channels=16, cond_dim=32), text_embed_dim=16)
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert {(m.num_channels, m.num_groups) for m in norms} >= {(32, 8), (64, 16), (96, 24)}
+    assert all(m.num_channels // m.num_groups >= 4 and m.num_groups <= 32 for m in norms)
+
+
 def ref_resblock(block, x, emb):
     """The block's formula written out with functional ops, in float64."""
     p = {name: t.detach().double() for name, t in block.named_parameters()}
     x, emb = x.double(), emb.double()
-    h = F.silu(F.group_norm(x, 32, p["in_norm.weight"], p["in_norm.bias"]))
+    h = F.silu(F.group_norm(x, expected_groups(x.shape[1]), p["in_norm.weight"], p["in_norm.bias"]))
     if block.resample is not None:
         h, x = block.resample(h), block.resample(x)
     h = F.conv2d(h, p["in_conv.weight"], p["in_conv.bias"], padding=1)
     e = F.linear(F.silu(emb), p["emb_proj.weight"], p["emb_proj.bias"])[:, :, None, None]
     if block.scale_shift_norm:
         scale, shift = e.chunk(2, dim=1)
-        h = F.group_norm(h, 32, p["out_norm.weight"], p["out_norm.bias"]) * (1 + scale) + shift
+        h = F.group_norm(h, expected_groups(h.shape[1]), p["out_norm.weight"], p["out_norm.bias"]) * (1 + scale) + shift
     else:
-        h = F.group_norm(h + e, 32, p["out_norm.weight"], p["out_norm.bias"])
+        h = F.group_norm(h + e, expected_groups(h.shape[1]), p["out_norm.weight"], p["out_norm.bias"])
     h = F.conv2d(F.silu(h), p["out_conv.weight"], p["out_conv.bias"], padding=1)
     skip = F.conv2d(x, p["skip.weight"], p["skip.bias"]) if "skip.weight" in p else x
     return skip + h
