@@ -1,4 +1,11 @@
-"""Tiny-model overrides shared by the tests: the documented configs with small widths so a CPU step is fast."""
+"""Shared by the tests: tiny-model overrides of the documented configs (so a CPU step is fast), and running an
+example script as a user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {
     "embed_dim": 32,
     "channel_mult": [1, 2],
@@ -35,3 +42,33 @@ def tiny_overrides(exp_dir, max_steps=4, extra=()):
         f"exp_manager.exp_dir={exp_dir}",
         *extra,
     ]
+
+
+def run_example(script, *args, check=True):
+    """Runs examples/<script> in a fresh interpreter; on failure the assertion shows its output."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def tensorboard_scalars(run_dir):
+    """{tag: [(step, value), ...]} over every event file under run_dir."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in glob.glob(f"{run_dir}/**/events.out.tfevents.*", recursive=True):
+        accumulator = EventAccumulator(events, size_guidance={"scalars": 0, "images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((event.step, event.value) for event in accumulator.Scalars(tag))
+    return scalars

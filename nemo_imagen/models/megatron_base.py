@@ -94,7 +94,9 @@ class MegatronImagenBase(ModelPT):
 
     @property
     def consumed_samples(self) -> int:
-        return int(self.trainer.global_step) * int(self.cfg.global_batch_size) if self._trainer else 0
+        """Samples consumed once the optimizer step now in progress completes (what a checkpoint written
+        after it has seen): (completed steps + 1) x global batch size."""
+        return (int(self.trainer.global_step) + 1) * int(self.cfg.global_batch_size) if self._trainer else 0
 
     # ---- optimizer ----
     def configure_optimizers(self):

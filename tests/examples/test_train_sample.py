@@ -1,30 +1,11 @@
 """The README's path, run as a user runs it: train a documented config (tiny overrides), resume, sample."""
 import glob
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.tiny import tiny_overrides
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(script, *args, check=True):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / script), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return result
+from tests.tiny import run_example as run
+from tests.tiny import tensorboard_scalars, tiny_overrides
 
 
 def checkpoint_steps(run_dir):
@@ -63,14 +44,18 @@ def test_tensorboard_has_loss_and_sample_grid(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _, _, _ = trained_run
-    tags = {"scalars": set(), "images": set()}
+    scalars = tensorboard_scalars(run_dir)
+    assert {"reduced_train_loss", "lr", "global_step", "consumed_samples"} <= set(scalars)
+    # global batch 4; logged during step k+1 (global_step k), when its batch completes 4 (k + 1) samples
+    consumed = {step: value for step, value in scalars["consumed_samples"]}
+    pairs = [(consumed[step], global_step) for step, global_step in scalars["global_step"]]
+    assert pairs and all(value == 4 * (global_step + 1) for value, global_step in pairs)
+    images = set()
     for events in glob.glob(f"{run_dir}/**/events.out.tfevents.*", recursive=True):
-        accumulator = EventAccumulator(events, size_guidance={"images": 0, "scalars": 0})
+        accumulator = EventAccumulator(events, size_guidance={"images": 0})
         accumulator.Reload()
-        tags["scalars"] |= set(accumulator.Tags()["scalars"])
-        tags["images"] |= set(accumulator.Tags()["images"])
-    assert {"reduced_train_loss", "lr", "global_step", "consumed_samples"} <= tags["scalars"]
-    assert "samples" in tags["images"]
+        images |= set(accumulator.Tags()["images"])
+    assert "samples" in images
 
 
 def test_sample_script_writes_pngs_and_grid(trained_run, tmp_path):
