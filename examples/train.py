@@ -1,7 +1,12 @@
-"""Train one Imagen stage: `python examples/train.py --config-name base64-500m [key=value ...]`."""
-from nemo.core.config import hydra_runner
-from nemo.utils import logging
+"""Train one Imagen stage: `python examples/train.py --config-name base64-500m [key=value ...]`.
 
+Ends by writing the `.nemo` (exp_manager) and a grid of samples for `model.sample_log.prompts`, and prints
+both paths. A top-level `demo_data` block (quickstart.yaml) first generates the demo shards if missing."""
+from pathlib import Path
+
+from nemo.core.config import hydra_runner
+
+from nemo_imagen.data.demo import make_demo_dataset
 from nemo_imagen.models.imagen import MegatronImagen
 from nemo_imagen.models.trainer_builder import build_trainer, exit_on_config_error
 
@@ -9,11 +14,19 @@ from nemo_imagen.models.trainer_builder import build_trainer, exit_on_config_err
 @hydra_runner(config_path="conf", config_name="base64-500m")
 @exit_on_config_error
 def main(cfg) -> None:
+    demo = cfg.get("demo_data")
+    if demo and not any(Path(demo.output_dir).glob("train-*.tar")):
+        make_demo_dataset(demo.output_dir, num_samples=demo.num_samples, seed=demo.seed)
     trainer = build_trainer(cfg)
     model = MegatronImagen(cfg.model, trainer)
     trainer.fit(model)
-    log_dir = trainer.log_dir or "."
-    logging.info(f"Training finished; checkpoints and the .nemo are under {log_dir}/checkpoints")
+    if trainer.global_rank == 0:
+        checkpoints = Path(trainer.log_dir or ".") / "checkpoints"
+        grid = model.save_sample_grid(checkpoints.parent / "samples_final.png")
+        for nemo in sorted(checkpoints.glob("*.nemo")):
+            print(f"model: {nemo}")
+        if grid:
+            print(f"samples: {grid}")
 
 
 if __name__ == "__main__":

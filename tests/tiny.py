@@ -17,11 +17,13 @@ TINY_UNET = {
 TINY_CONDITIONING = {"embed_dim": 16, "token_length": 8}
 
 
-def tiny_overrides(exp_dir, max_steps=4, extra=()):
-    """Hydra command-line overrides turning a documented config into a seconds-long CPU run."""
+def tiny_overrides(exp_dir, max_steps=4, extra=(), tiny_text=True, synthetic=True):
+    """Hydra command-line overrides turning a documented config into a seconds-long CPU run.
+    tiny_text: 16-dim random text embeddings; synthetic: random data instead of the config's shards."""
     unet = [f"model.unet.{key}={value}".replace(" ", "") for key, value in TINY_UNET.items()]
-    cond = [f"model.conditioning.{key}={value}" for key, value in TINY_CONDITIONING.items()]
-    return unet + cond + [
+    cond = [f"model.conditioning.{key}={value}" for key, value in TINY_CONDITIONING.items()] if tiny_text else []
+    data = ["model.data.synthetic_data=True", "model.data.synthetic_data_length=64"] if synthetic else []
+    return unet + cond + data + [
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "trainer.precision=32",
@@ -31,8 +33,6 @@ def tiny_overrides(exp_dir, max_steps=4, extra=()):
         "model.micro_batch_size=2",
         "model.global_batch_size=4",
         "model.inductor=False",
-        "model.data.synthetic_data=True",
-        "model.data.synthetic_data_length=64",
         "model.data.num_workers=0",
         "model.sample_log.every_n_steps=2",
         "model.sample_log.steps=2",

@@ -42,8 +42,7 @@ def test_bad_samples_are_skipped_counted_and_training_goes_on(tmp_path):
             writer.write(sample(index))
             if index in (3, 5, 7):
                 writer.write(bad.pop(0))
-    overrides = tiny_overrides(tmp_path / "exp", max_steps=3, extra=[
-        "model.data.synthetic_data=False",
+    overrides = tiny_overrides(tmp_path / "exp", max_steps=3, synthetic=False, extra=[
         f"model.data.train.dataset_path=[{shard}]",
         "model.data.webdataset.infinite_sampler=False",
         "model.data.webdataset.shuffle_buffer=0",
