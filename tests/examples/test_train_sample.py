@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.tiny import run_example as run
-from tests.tiny import tensorboard_scalars, tiny_overrides
+from tests.tiny import tiny_overrides
 
 
 def checkpoint_steps(run_dir):
@@ -44,17 +44,19 @@ def test_tensorboard_has_loss_and_sample_grid(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _, _, _ = trained_run
-    scalars = tensorboard_scalars(run_dir)
-    assert {"reduced_train_loss", "lr", "global_step", "consumed_samples"} <= set(scalars)
-    # global batch 4; logged during step k+1 (global_step k), when its batch completes 4 (k + 1) samples
-    consumed = {step: value for step, value in scalars["consumed_samples"]}
-    pairs = [(consumed[step], global_step) for step, global_step in scalars["global_step"]]
-    assert pairs and all(value == 4 * (global_step + 1) for value, global_step in pairs)
-    images = set()
-    for events in glob.glob(f"{run_dir}/**/events.out.tfevents.*", recursive=True):
-        accumulator = EventAccumulator(events, size_guidance={"images": 0})
+    event_files = glob.glob(f"{run_dir}/**/events.out.tfevents.*", recursive=True)
+    assert len(event_files) == 2  # the first run and the resumed one
+    images, pairs = set(), []
+    for events in event_files:
+        accumulator = EventAccumulator(events, size_guidance={"images": 0, "scalars": 0})
         accumulator.Reload()
+        assert {"reduced_train_loss", "lr", "global_step", "consumed_samples"} <= set(accumulator.Tags()["scalars"])
         images |= set(accumulator.Tags()["images"])
+        consumed = {event.step: event.value for event in accumulator.Scalars("consumed_samples")}
+        pairs += [(consumed[event.step], event.value) for event in accumulator.Scalars("global_step")]
+    # global batch 4; logged during step k+1 (global_step k), whose batch completes 4 (k + 1) samples
+    assert sorted(global_step for _, global_step in pairs) == [0, 1, 2, 3, 4, 5]
+    assert all(value == 4 * (global_step + 1) for value, global_step in pairs), pairs
     assert "samples" in images
 
 
