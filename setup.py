@@ -22,6 +22,8 @@ install_requires = [
     "webdataset==1.0.2",
     "sentencepiece",
     "einops",
+    # imported by NeMo's exp_manager (through its tokenizers) but not declared by nemo_toolkit without extras
+    "pandas",
     "pillow",
     "tensorboard",
     "tqdm",
