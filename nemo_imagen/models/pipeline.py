@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from nemo_imagen.models.config import ConfigError
@@ -71,8 +72,8 @@ class ImagenPipeline:
 
     @classmethod
     def from_config(cls, cfg: SampleConfig) -> "ImagenPipeline":
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if cfg.device == "auto" else cfg.device)
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(auto if cfg.device == "auto" else cfg.device)
         if not cfg.base_ckpt:
             raise ConfigError("base_ckpt: path of the base stage's .nemo file is required")
         base = load_stage(cfg.base_ckpt, device)
@@ -124,8 +125,6 @@ class ImagenPipeline:
 
 def sample_config_from(cfg) -> SampleConfig:
     """Validates sample.yaml against SampleConfig: unknown keys and wrong types name the key."""
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SampleConfig), cfg))
     except OmegaConfBaseException as error:
