@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from nemo_imagen.data.synthetic import build_synthetic_dataloader
+from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
 from nemo_imagen.diffusion import (
     SAMPLERS,
     build_preconditioning,
@@ -49,7 +50,7 @@ class MegatronImagen(MegatronImagenBase):
         """The frozen encoder named by `conditioning.encoder_path` (None when training on precached embeddings)."""
         if self._text_encoder is None and self.typed_cfg.conditioning.encoder_path:
             object.__setattr__(self, "_text_encoder", build_text_encoder(self.typed_cfg.conditioning))
-        if self._text_encoder is not None:
+        if self._text_encoder is not None and self._text_encoder.device != self.device:
             self._text_encoder.to(self.device)
         return self._text_encoder
 
@@ -106,8 +107,6 @@ class MegatronImagen(MegatronImagenBase):
                 out_key=typed.conditioning.out_key,
             )
             return
-        from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
-
         top = max(typed.data.train.target_resolutions)
         if top != typed.unet.image_size:
             raise ConfigError(
