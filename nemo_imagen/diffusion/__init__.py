@@ -24,6 +24,7 @@ from .guidance import (
     threshold_denoiser,
 )
 from .losses import per_sample_loss
+from .noise_aug import augment_lowres, sampling_augmentation_sigma, training_augmentation_sigma
 from .preconditioning import build_preconditioning, preconditioning_config_class
 from .samplers import (
     DEFAULT_STEPS,
@@ -58,6 +59,9 @@ __all__ = [
     "static_threshold",
     "threshold_denoiser",
     "per_sample_loss",
+    "augment_lowres",
+    "sampling_augmentation_sigma",
+    "training_augmentation_sigma",
     "build_preconditioning",
     "preconditioning_config_class",
     "DEFAULT_STEPS",

@@ -81,15 +81,23 @@ class ContinuousDDPM:
         t = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)[:-1]
         return torch.cat([self.sigma(t), t.new_zeros(1)])
 
+    def sample_training_sigma(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
+        """The training noise distribution as VE sigmas: t ~ U(0, 1), sigma = exp(-logsnr(t) / 2): [batch_size]."""
+        return self.sigma(torch.rand(batch_size, generator=generator, device=device))
+
+    def network_input(self, x: torch.Tensor, sigma: torch.Tensor):
+        """What the raw network sees for x = x0 + sigma eps: (z = alpha x, logsnr = -2 ln sigma), [B, ...] and [B]."""
+        log_snr = -2 * sigma.log()
+        alpha, _ = alpha_sigma_from_log_snr(log_snr)
+        return append_dims(alpha, x.ndim) * x, log_snr
+
     def denoise(self, net, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
         """VE-form denoiser: x = x0 + sigma eps: [B, C, H, W], sigma: [B] -> x0_hat: [B, C, H, W].
 
         logsnr = -2 ln(sigma), z = alpha x, and x0_hat = x - sigma eps_hat (noise objective) or the
         network's x0 prediction (x_start objective), unclamped.
         """
-        log_snr = -2 * sigma.log()
-        alpha, _ = alpha_sigma_from_log_snr(log_snr)
-        pred = net(append_dims(alpha, x.ndim) * x, log_snr, **cond)
+        pred = net(*self.network_input(x, sigma), **cond)
         if self.cfg.pred_objective == "noise":
             return x - append_dims(sigma, x.ndim) * pred
         return pred

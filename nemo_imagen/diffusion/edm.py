@@ -60,13 +60,22 @@ class EDMPreconditioning:
         """The sampling schedule: n Karras noise levels from sigma_max to sigma_min, then 0: [n + 1]."""
         return karras_sigmas(n, self.sigma_min, self.sigma_max, self.cfg.rho)
 
+    def sample_training_sigma(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
+        """The training noise distribution, under the name every preconditioning shares: [batch_size]."""
+        return self.sample_sigma(batch_size, generator=generator, device=device)
+
+    def network_input(self, x: torch.Tensor, sigma: torch.Tensor):
+        """What the raw network sees for noisy images x = x0 + sigma n: (c_in x, c_noise), [B, ...] and [B]."""
+        _, _, c_in, c_noise = self.coefficients(sigma)
+        return append_dims(c_in, x.ndim) * x, c_noise
+
     def denoise(self, net, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
         """D(x, sigma) = c_skip x + c_out net(c_in x, c_noise, **cond).
 
         x: [B, C, H, W] noisy images x0 + sigma n; sigma: [B]. Returns x0_hat: [B, C, H, W].
         """
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        F_x = net(append_dims(c_in, x.ndim) * x, c_noise, **cond)
+        c_skip, c_out, _, _ = self.coefficients(sigma)
+        F_x = net(*self.network_input(x, sigma), **cond)
         return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * F_x
 
     def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, **cond) -> torch.Tensor:

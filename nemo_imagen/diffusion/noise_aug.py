@@ -1,0 +1,46 @@
+"""Noise-conditioning augmentation of a super-resolution stage's low-resolution input (Imagen, Sec. 2.5).
+
+During training the low-res image is corrupted with Gaussian noise of a random level and the UNet is
+told the level; at sampling a small fixed level is used. This makes an SR stage robust to the artefacts
+of the stage below it. The corruption is the stage's own forward process, so it works the same way for
+every preconditioning (NeMo had it for EDM only):
+- the level is a variance-exploding sigma: lowres_noisy = lowres + sigma n;
+- training levels come from the preconditioning's training distribution (EDM: ln sigma ~ N(p_mean,
+  p_std^2), as NeMo did; DDPM: t ~ U(0, 1), Imagen's uniform augmentation level);
+- the network sees what the preconditioning feeds its main input (EDM: c_in(sigma) x and ln(sigma)/4;
+  DDPM: alpha x and the log-SNR), so the augmentation level uses the main noise level's convention;
+- the default sampling level is the preconditioning's smallest sigma (EDM 0.002, NeMo's choice;
+  DDPM the schedule's t = 0 level).
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from .utils import append_dims
+
+
+def augment_lowres(
+    precond, lowres: torch.Tensor, sigma: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Corrupts `lowres` [B, C, h, w] at VE noise levels `sigma` [B] (> 0) with noise from `generator`.
+
+    Returns (lowres_in [B, C, h, w], lowres_noise_cond [B]): the network's view of lowres + sigma n
+    under `precond` (see `network_input`)."""
+    if not bool((sigma > 0).all()):
+        raise ValueError(f"noise_cond_aug: augmentation sigmas must be > 0, got min {sigma.min().item()!r}")
+    noise = torch.randn(lowres.shape, generator=generator, device=lowres.device, dtype=lowres.dtype)
+    noisy = lowres + append_dims(sigma.to(lowres.dtype), lowres.ndim) * noise
+    return precond.network_input(noisy, sigma)
+
+
+def training_augmentation_sigma(precond, batch_size: int, generator=None, device=None) -> torch.Tensor:
+    """Random augmentation levels for a training batch: [batch_size] VE sigmas."""
+    return precond.sample_training_sigma(batch_size, generator=generator, device=device)
+
+
+def sampling_augmentation_sigma(precond, batch_size: int, sigma: Optional[float] = None, device=None) -> torch.Tensor:
+    """The fixed augmentation level at sampling: `sigma`, or the preconditioning's smallest sigma: [batch_size]."""
+    level = precond.sigma_min if sigma is None else float(sigma)
+    if not level > 0:
+        raise ValueError(f"noise_cond_aug_sigma: must be > 0, got {level!r}")
+    return torch.full((batch_size,), level, device=device)
