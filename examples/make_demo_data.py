@@ -18,9 +18,12 @@ def main() -> None:
     parser.add_argument("--samples_per_shard", type=int, default=1000)
     parser.add_argument("--num_val_samples", type=int, default=256, help="held-out samples in val-000000.tar")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_size", type=int, default=64, help="image side, a multiple of 64 (256 for SR stages)")
     args = parser.parse_args()
     start = time.perf_counter()
-    shards = make_demo_dataset(args.output_dir, args.num_samples, args.samples_per_shard, args.seed, args.num_val_samples)
+    shards = make_demo_dataset(
+        args.output_dir, args.num_samples, args.samples_per_shard, args.seed, args.num_val_samples, args.image_size
+    )
     print(
         f"wrote {args.num_samples} training samples in {len(shards['train'])} shards and {args.num_val_samples} "
         f"held-out samples to {args.output_dir} in {time.perf_counter() - start:.1f} s"

@@ -106,9 +106,13 @@ def demo_sample(seed: int, split: str, index: int) -> DemoSample:
     return DemoSample(colour, shape, size, cx, cy, background, _caption(rng, colour, shape, size, cx, cy))
 
 
-def render(sample: DemoSample) -> Image.Image:
-    """Draw ``sample`` as an ``IMAGE_SIZE`` x ``IMAGE_SIZE`` RGB image."""
-    scale = _SUPERSAMPLE
+def render(sample: DemoSample, image_size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw ``sample`` as an ``image_size`` x ``image_size`` RGB image. The drawn parameters are in pixels
+    of the ``IMAGE_SIZE`` image and scale with ``image_size``, so the same sample at 64 and at 256 (for
+    super-resolution stages) shows the same picture at two resolutions."""
+    if image_size % IMAGE_SIZE:
+        raise ValueError(f"image_size: {image_size} must be a multiple of {IMAGE_SIZE}")
+    scale = _SUPERSAMPLE * image_size // IMAGE_SIZE
     image = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), sample.background)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = (v * scale for v in sample.bbox())
@@ -120,7 +124,7 @@ def render(sample: DemoSample) -> Image.Image:
         draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
     else:
         draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=fill)
-    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+    return image.resize((image_size, image_size), Image.BOX)
 
 
 def encode_jpeg(image: Image.Image) -> bytes:
@@ -129,14 +133,14 @@ def encode_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _write_shard(path: str, seed: int, split: str, indices: range) -> None:
+def _write_shard(path: str, seed: int, split: str, indices: range, image_size: int) -> None:
     with TarWriter(path, mtime=_TAR_MTIME, encoder=False) as writer:
         for index in indices:
             sample = demo_sample(seed, split, index)
             writer.write(
                 {
                     "__key__": f"{split}-{index:07d}",
-                    "jpg": encode_jpeg(render(sample)),
+                    "jpg": encode_jpeg(render(sample, image_size)),
                     "txt": sample.caption.encode("utf-8"),
                     "json": json.dumps(asdict(sample), sort_keys=True).encode("utf-8"),
                 }
@@ -149,6 +153,7 @@ def make_demo_dataset(
     samples_per_shard: int = 1000,
     seed: int = 0,
     num_val_samples: int = 256,
+    image_size: int = IMAGE_SIZE,
 ) -> Dict[str, List[str]]:
     """Write the demo shards.
 
@@ -159,6 +164,8 @@ def make_demo_dataset(
         samples_per_shard: samples per training shard (the last may hold fewer).
         seed: everything is a function of it.
         num_val_samples: held-out samples in ``val-000000.tar`` (0 = none).
+        image_size: side of the stored images, a multiple of 64 (256 for super-resolution stages, which
+            downsample it to their low-resolution input).
 
     Returns:
         ``{"train": [shard paths], "val": [shard paths]}``.
@@ -168,14 +175,16 @@ def make_demo_dataset(
             f"make_demo_dataset: num_samples {num_samples} and samples_per_shard {samples_per_shard} must be "
             f"positive and num_val_samples {num_val_samples} non-negative"
         )
+    if image_size <= 0 or image_size % IMAGE_SIZE:
+        raise ValueError(f"make_demo_dataset: image_size {image_size} must be a positive multiple of {IMAGE_SIZE}")
     os.makedirs(output_dir, exist_ok=True)
     shards: Dict[str, List[str]] = {"train": [], "val": []}
     for shard_index, start in enumerate(range(0, num_samples, samples_per_shard)):
         path = os.path.join(output_dir, f"train-{shard_index:06d}.tar")
-        _write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)))
+        _write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)), image_size)
         shards["train"].append(path)
     if num_val_samples:
         path = os.path.join(output_dir, "val-000000.tar")
-        _write_shard(path, seed, "val", range(num_val_samples))
+        _write_shard(path, seed, "val", range(num_val_samples), image_size)
         shards["val"].append(path)
     return shards
