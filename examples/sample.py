@@ -1,4 +1,5 @@
-"""Sample images from trained stages: `python examples/sample.py base_ckpt=run.nemo prompts='[a red circle]'`.
+"""Sample images from trained stages: `python examples/sample.py base_ckpt=run.nemo prompts='[a red circle]'`;
+add `sr256_ckpt=... target_resolution=256` (and `sr1024_ckpt=... target_resolution=1024`) for the cascade.
 
 Writes {output_dir}/{prompt_index:05d}_{image_index:02d}.png, {output_dir}/grid.png (a row per prompt) and
 {output_dir}/prompts.txt (the prompts in index order)."""

@@ -12,10 +12,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nemo_imagen.data.config import DataConfig
 from nemo_imagen.diffusion import preconditioning_config_class
-from nemo_imagen.modules.config import UNetConfig
+from nemo_imagen.modules import unet_config_class
 from nemo_imagen.text.config import ConditioningConfig
 
-UNET_TYPES = ("base",)
+SUPER_RESOLUTION_UNET_TYPES = ("sr", "sr-unet")
+UNET_TYPES = ("base",) + SUPER_RESOLUTION_UNET_TYPES
 
 
 class ConfigError(ValueError):
@@ -82,8 +83,15 @@ class ImagenConfig:
     global_batch_size: int = 32
     inductor: bool = False
     channels_last: bool = True
+    # `base`: the regular UNet of a 64x64 base stage; `sr-unet` (regular UNet) and `sr` (Efficient UNet):
+    # super-resolution stages, which also take the stage below's image (see `low_resolution`).
     unet_type: str = "base"
-    unet: UNetConfig = field(default_factory=UNetConfig)
+    # Typed by `unet_type` (UNetConfig or EfficientUNetConfig), checked in `validate_model_config`.
+    unet: Dict[str, Any] = field(default_factory=dict)
+    # Noise-conditioning augmentation of an SR stage's low-res input (NeMo's key): a random corruption
+    # level in training, `noise_cond_aug_sigma` at sampling (null = the preconditioning's sigma_min).
+    noise_cond_aug: bool = False
+    noise_cond_aug_sigma: Optional[float] = None
     seed: int = 1234
     resume_from_checkpoint: Optional[str] = None
     preconditioning_type: str = "EDM"
@@ -98,9 +106,35 @@ class ImagenConfig:
     target: Optional[str] = None
     nemo_version: Optional[str] = None
 
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.unet_type in SUPER_RESOLUTION_UNET_TYPES
+
+    def training_resolutions(self) -> List[int]:
+        """The square sizes of a training batch: `[image_size]` for a base stage, `[low, high]` for SR."""
+        if self.is_super_resolution:
+            return sorted(self.data.train.target_resolutions)
+        return [self.unet.image_size]
+
+    @property
+    def upscale_factor(self) -> int:
+        """How much an SR stage enlarges its input (high / low training resolution); 1 for a base stage."""
+        if not self.is_super_resolution:
+            return 1
+        low, high = self.training_resolutions()
+        return high // low
+
+    @property
+    def low_resolution(self) -> Optional[int]:
+        """Side of the low-res image an SR stage samples from: image_size / upscale_factor (None for base).
+        sr1024-400m trains on 256 crops with their 64 downsample (factor 4) and samples 256 -> 1024."""
+        return self.unet.image_size // self.upscale_factor if self.is_super_resolution else None
+
     def __post_init__(self):
         if self.unet_type not in UNET_TYPES:
             raise ConfigError(f"model.unet_type: {self.unet_type!r} is not one of {', '.join(UNET_TYPES)}")
+        if self.noise_cond_aug_sigma is not None and not self.noise_cond_aug_sigma > 0:
+            raise ConfigError(f"model.noise_cond_aug_sigma: {self.noise_cond_aug_sigma} must be > 0 (or null)")
         for key in ("micro_batch_size", "global_batch_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}: {getattr(self, key)} must be positive")
@@ -134,11 +168,16 @@ def validate_model_config(cfg: DictConfig):
         except ValueError as error:
             raise ConfigError(f"model.{error}") from None
         precond = OmegaConf.merge(precond_schema, cfg.get("preconditioning") or {})
+        unet_type = merged.unet_type
+        if unet_type not in UNET_TYPES:
+            raise ConfigError(f"model.unet_type: {unet_type!r} is not one of {', '.join(UNET_TYPES)}")
+        unet = OmegaConf.merge(OmegaConf.structured(unet_config_class(unet_type)), cfg.get("unet") or {})
     except OmegaConfBaseException as error:
         raise _clean_error(error, "model") from None
     try:
         typed = OmegaConf.to_object(merged)
         typed.preconditioning = OmegaConf.to_object(precond)
+        typed.unet = OmegaConf.to_object(unet)
     except OmegaConfBaseException as error:
         raise _clean_error(error, "model") from None
     except ConfigError:
@@ -146,5 +185,37 @@ def validate_model_config(cfg: DictConfig):
     except ValueError as error:
         message = str(error)
         raise ConfigError(message if message.startswith("model.") else f"model.{message}") from None
+    _check_stage(typed)
     merged.preconditioning = OmegaConf.to_container(precond)
+    merged.unet = OmegaConf.to_container(unet)
     return typed, merged
+
+
+def _check_stage(typed: ImagenConfig) -> None:
+    """Cross-block checks: the training resolutions fit the UNet type and size."""
+    resolutions = sorted(typed.data.train.target_resolutions)
+    image_size = typed.unet.image_size
+    if not typed.is_super_resolution:
+        if typed.noise_cond_aug:
+            raise ConfigError(
+                "model.noise_cond_aug: only super-resolution stages (unet_type sr or sr-unet) have a low-res input "
+                "to augment; set it False for unet_type base"
+            )
+        if not typed.data.synthetic_data and resolutions[-1] != image_size:
+            raise ConfigError(
+                f"model.data.train.target_resolutions: the largest entry ({resolutions[-1]}) must equal "
+                f"model.unet.image_size ({image_size})"
+            )
+        return
+    if len(resolutions) != 2 or resolutions[0] == resolutions[1]:
+        raise ConfigError(
+            f"model.data.train.target_resolutions: a super-resolution stage (unet_type {typed.unet_type}) trains on "
+            f"[low, high] image pairs, e.g. [64, 256]; got {list(typed.data.train.target_resolutions)}"
+        )
+    low, high = resolutions
+    if high % low or high > image_size or image_size % high:
+        raise ConfigError(
+            f"model.data.train.target_resolutions: {resolutions} must be [low, high] with high a multiple of low, "
+            f"and model.unet.image_size ({image_size}) a multiple of high (high = image_size, or the crop size "
+            "when a large stage trains on crops, as sr1024 does on 256x256)"
+        )

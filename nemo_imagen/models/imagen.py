@@ -10,27 +10,38 @@ from nemo_imagen.data.synthetic import build_synthetic_dataloader
 from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
 from nemo_imagen.diffusion import (
     SAMPLERS,
+    augment_lowres,
     build_preconditioning,
     classifier_free_guidance,
     sample_drop_mask,
+    sampling_augmentation_sigma,
     sampling_sigmas,
     threshold_denoiser,
+    training_augmentation_sigma,
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.megatron_base import MegatronImagenBase
-from nemo_imagen.modules.unet import UNet
+from nemo_imagen.modules import build_unet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
 
 
 class MegatronImagen(MegatronImagenBase):
-    """Trains one stage of the cascade. `cfg` is the `model` block (see `models/config.py`)."""
+    """Trains one stage of the cascade. `cfg` is the `model` block (see `models/config.py`).
+
+    A base stage (`unet_type: base`) makes images from text. A super-resolution stage (`sr`, `sr-unet`)
+    also takes the image of the stage below: in training the low-res half of each `[low, high]` pair of
+    `data.train.target_resolutions`, at sampling the previous stage's output; with `noise_cond_aug` that
+    input is corrupted at a random level in training and at `noise_cond_aug_sigma` when sampling.
+    """
 
     def __init__(self, cfg, trainer=None):
         self.typed_cfg, cfg = validate_model_config(cfg)
         super().__init__(cfg, trainer=trainer)
         typed = self.typed_cfg
-        self.unet = UNet(typed.unet, text_embed_dim=typed.conditioning.embed_dim)
+        self.unet = build_unet(
+            typed.unet_type, typed.unet, text_embed_dim=typed.conditioning.embed_dim, noise_cond_aug=typed.noise_cond_aug
+        )
         if typed.channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self.ema_unet = None
@@ -38,7 +49,8 @@ class MegatronImagen(MegatronImagenBase):
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
         self._last_ema_step = -1
-        self._log_prompts: Optional[Tuple[List[str], torch.Tensor, torch.Tensor]] = None
+        # (captions, text_embed, text_mask, lowres or None) of the first training batch, for sample grids
+        self._log_batch: Optional[Tuple[List[str], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None
         # Not registered as submodules: the frozen encoder must never enter a checkpoint, and the compiled
         # UNet shares the weights of `self.unet`.
         object.__setattr__(self, "_text_encoder", None)
@@ -94,7 +106,7 @@ class MegatronImagen(MegatronImagenBase):
         rank, world = self.data_parallel_rank, self.data_parallel_size
         if typed.data.synthetic_data:
             self._train_dl = build_synthetic_dataloader(
-                resolutions=[typed.unet.image_size],
+                resolutions=typed.training_resolutions(),
                 channels=typed.unet.channels,
                 token_length=typed.conditioning.token_length,
                 embed_dim=typed.conditioning.embed_dim,
@@ -107,27 +119,37 @@ class MegatronImagen(MegatronImagenBase):
                 out_key=typed.conditioning.out_key,
             )
             return
-        top = max(typed.data.train.target_resolutions)
-        if top != typed.unet.image_size:
-            raise ConfigError(
-                f"model.data.train.target_resolutions: the largest entry ({top}) must equal "
-                f"model.unet.image_size ({typed.unet.image_size})"
-            )
         self._train_dl = build_train_dataloader(
             typed.data, typed.conditioning, typed.micro_batch_size, rank=rank, world_size=world, seed=typed.seed
         )
 
+    def _lowres_inputs(self, lowres: torch.Tensor, sigma: Optional[torch.Tensor], generator=None) -> Dict:
+        """The UNet's low-res keyword arguments for images `lowres` [B, C, h, w]: augmented at VE noise levels
+        `sigma` [B] when the stage uses noise-conditioning augmentation (sigma is then required)."""
+        if not self.typed_cfg.noise_cond_aug:
+            return {"lowres": lowres, "lowres_noise_cond": None}
+        lowres_in, lowres_noise_cond = augment_lowres(self.precond, lowres, sigma, generator)
+        return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
+
     def training_step(self, batch, batch_idx):
-        images = batch["images"]
-        if self.typed_cfg.channels_last:
+        typed = self.typed_cfg
+        resolutions = typed.training_resolutions()
+        images = batch[f"images_{resolutions[-1]}"] if typed.is_super_resolution else batch["images"]
+        if typed.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         text_embed, text_mask = self._batch_text(batch)
-        if self._log_prompts is None:
-            count = min(len(batch["captions"]), len(self.typed_cfg.sample_log.prompts) or 4)
-            self._log_prompts = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count])
-        drop_text = sample_drop_mask(images.shape[0], self.typed_cfg.conditioning.drop_rate, device=self.device)
+        batch_size = images.shape[0]
+        cond = {}
+        if typed.is_super_resolution:
+            sigma = training_augmentation_sigma(self.precond, batch_size, device=self.device)
+            cond = self._lowres_inputs(batch[f"images_{resolutions[0]}"], sigma)
+        if self._log_batch is None:
+            count = min(batch_size, len(typed.sample_log.prompts) or 4)
+            lowres = batch[f"images_{resolutions[0]}"][:count] if typed.is_super_resolution else None
+            self._log_batch = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count], lowres)
+        drop_text = sample_drop_mask(batch_size, typed.conditioning.drop_rate, device=self.device)
         loss = self.precond.loss(
-            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text
+            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **cond
         ).mean()
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
@@ -180,13 +202,17 @@ class MegatronImagen(MegatronImagenBase):
 
     def sample_fixed_prompts(self) -> Optional[Tuple[List[str], np.ndarray]]:
         """Samples `sample_log.prompts` (or, without a text encoder, the first batch's captions)
-        -> (prompts, grid [H, W, C] uint8 with one row per prompt)."""
+        -> (prompts, grid [H, W, C] uint8 with one row per prompt).
+
+        A super-resolution stage upscales the first training batch's low-res images with their captions;
+        each row then starts with the bicubic upscale of its input, for comparison."""
         log_cfg = self.typed_cfg.sample_log
-        if self.text_encoder is not None and log_cfg.prompts:
+        lowres = None
+        if self.text_encoder is not None and log_cfg.prompts and not self.typed_cfg.is_super_resolution:
             prompts = list(log_cfg.prompts)
             text_embed, text_mask = self.encode_prompts(prompts)
-        elif self._log_prompts is not None:
-            prompts, text_embed, text_mask = self._log_prompts
+        elif self._log_batch is not None:
+            prompts, text_embed, text_mask, lowres = self._log_batch
         else:
             return None
         repeat = log_cfg.images_per_prompt
@@ -194,12 +220,17 @@ class MegatronImagen(MegatronImagenBase):
         images = self.sample(
             text_embed.repeat_interleave(repeat, 0),
             text_mask.repeat_interleave(repeat, 0),
+            lowres=None if lowres is None else lowres.repeat_interleave(repeat, 0),
             sampler=log_cfg.sampler,
             steps=log_cfg.steps,
             cfg_scale=log_cfg.cfg,
             generator=generator,
         )
-        return prompts, image_grid(images, nrow=repeat)
+        if lowres is None:
+            return prompts, image_grid(images, nrow=repeat)
+        upscaled = torch.nn.functional.interpolate(lowres.float(), size=images.shape[-2:], mode="bicubic").clamp(-1, 1)
+        rows = torch.cat([upscaled.cpu()[:, None], images.cpu().view(len(prompts), repeat, *images.shape[1:])], dim=1)
+        return prompts, image_grid(rows.flatten(0, 1), nrow=repeat + 1)
 
     # ---- sampling ----
     @torch.no_grad()
@@ -208,6 +239,8 @@ class MegatronImagen(MegatronImagenBase):
         text_embed: torch.Tensor,
         text_mask: torch.Tensor,
         *,
+        lowres: Optional[torch.Tensor] = None,
+        noise_cond_aug_sigma: Optional[float] = None,
         sampler: str = "edm",
         steps: int = 30,
         cfg_scale: float = 4.0,
@@ -216,21 +249,30 @@ class MegatronImagen(MegatronImagenBase):
         use_ema: bool = True,
         callback: Optional[Callable] = None,
     ) -> torch.Tensor:
-        """text_embed: [B, L, D], text_mask: [B, L] -> images [B, C, H, W] in [-1, 1].
+        """text_embed: [B, L, D], text_mask: [B, L] -> images [B, C, H, W] in [-1, 1] (H = W = unet.image_size).
 
-        Classifier-free guidance runs the conditional and unconditional halves as one batch. The EMA weights
-        are used when the model has them; the UNet runs under the autocast of `model.precision`.
+        A super-resolution stage also needs `lowres` [B, C, h, w] in [-1, 1] with h = w = its
+        `low_resolution`; with noise-conditioning augmentation it is corrupted at `noise_cond_aug_sigma`
+        (default: `model.noise_cond_aug_sigma`, else the preconditioning's sigma_min) with noise from
+        `generator`. Classifier-free guidance runs the conditional and unconditional halves as one batch.
+        The EMA weights are used when the model has them; the UNet runs under the autocast of
+        `model.precision`.
         """
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
         net = self.ema_unet if use_ema and self.ema_unet is not None else self.unet
-        was_training = net.training
-        net.eval()
         text_embed = text_embed.to(self.device, torch.float32)
         text_mask = text_mask.to(self.device, torch.bool)
+        batch_size = text_embed.shape[0]
+        lowres_cond = self._sampling_lowres(lowres, batch_size, noise_cond_aug_sigma, generator)
+        was_training = net.training
+        net.eval()
         unet_cfg = self.typed_cfg.unet
-        shape = (text_embed.shape[0], unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size)
+        shape = (batch_size, unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size)
 
         def denoise(x, sigma, drop_text):
-            repeat = x.shape[0] // text_embed.shape[0]
+            repeat = x.shape[0] // batch_size  # 2 when guidance batches the conditional and unconditional halves
+            tiled = {key: _tile(value, repeat) for key, value in lowres_cond.items()}
             return self.precond.denoise(
                 net,
                 x,
@@ -238,10 +280,9 @@ class MegatronImagen(MegatronImagenBase):
                 text_embed=text_embed.repeat(repeat, 1, 1),
                 text_mask=text_mask.repeat(repeat, 1),
                 drop_text=drop_text,
+                **tiled,
             )
 
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
         denoiser = threshold_denoiser(classifier_free_guidance(denoise, cfg_scale), thresholding)
         sigmas = sampling_sigmas(self.precond, sampler, steps).to(self.device)
         noise = torch.randn(shape, generator=generator, device=self.device)
@@ -251,3 +292,27 @@ class MegatronImagen(MegatronImagenBase):
             images = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback)
         net.train(was_training)
         return images.clamp(-1, 1)
+
+    def _sampling_lowres(self, lowres, batch_size: int, noise_cond_aug_sigma, generator) -> Dict:
+        """Checks the low-res input of a sampling call and returns the UNet's low-res keyword arguments."""
+        typed = self.typed_cfg
+        if not typed.is_super_resolution:
+            if lowres is not None:
+                raise ConfigError(f"lowres: a base stage (unet_type {typed.unet_type}) takes no low-res image")
+            return {}
+        size = typed.low_resolution
+        if lowres is None:
+            raise ConfigError(f"lowres: this super-resolution stage needs the {size}x{size} images of the stage below")
+        if lowres.shape[0] != batch_size or tuple(lowres.shape[1:]) != (typed.unet.channels, size, size):
+            raise ConfigError(
+                f"lowres: this stage upscales [{batch_size}, {typed.unet.channels}, {size}, {size}] images "
+                f"(x{typed.upscale_factor} to {typed.unet.image_size}), got {list(lowres.shape)}"
+            )
+        level = noise_cond_aug_sigma if noise_cond_aug_sigma is not None else typed.noise_cond_aug_sigma
+        sigma = sampling_augmentation_sigma(self.precond, batch_size, level, device=self.device)
+        return self._lowres_inputs(lowres.to(self.device, torch.float32), sigma, generator)
+
+
+def _tile(tensor: Optional[torch.Tensor], repeat: int) -> Optional[torch.Tensor]:
+    """[B, ...] -> [repeat * B, ...], the whole batch repeated (None stays None)."""
+    return None if tensor is None else tensor.repeat(repeat, *[1] * (tensor.ndim - 1))

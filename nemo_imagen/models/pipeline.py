@@ -1,7 +1,7 @@
-"""Sampling a trained cascade: prompts in, images out, one stage after another."""
+"""Sampling a trained cascade: prompts in, images out, one stage after another (64 -> 256 -> 1024)."""
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -12,14 +12,20 @@ from nemo_imagen.models.config import ConfigError
 from nemo_imagen.models.imagen import MegatronImagen
 from nemo_imagen.text.encoders import TextEncoder
 
+# (config key, resolution after that stage) in cascade order; target_resolution picks a prefix.
+STAGES = (("base_ckpt", 64), ("sr256_ckpt", 256), ("sr1024_ckpt", 1024))
+
 
 @dataclass
 class StageSampling:
-    """How one stage samples: `sampler` edm | ddpm | dpmpp, number of `steps`, guidance scale `cfg`."""
+    """How one stage samples: `sampler` edm | ddpm | dpmpp, number of `steps`, guidance scale `cfg`, and
+    for a super-resolution stage trained with noise-conditioning augmentation, the augmentation level
+    `noise_cond_aug_sigma` of its low-res input (null = the stage's `model.noise_cond_aug_sigma`)."""
 
     sampler: str = "edm"
     steps: int = 30
     cfg: float = 4.0
+    noise_cond_aug_sigma: Optional[float] = None
 
 
 @dataclass
@@ -27,28 +33,55 @@ class SampleConfig:
     """The keys of examples/conf/sample.yaml."""
 
     base_ckpt: Optional[str] = None
+    sr256_ckpt: Optional[str] = None
+    sr1024_ckpt: Optional[str] = None
+    target_resolution: int = 64
     prompts: List[str] = field(default_factory=list)
     prompts_file: Optional[str] = None
     num_images_per_prompt: int = 4
     batch_size: int = 16
     seed: int = 0
     output_dir: str = "outputs/samples"
-    target_resolution: int = 64
     samplings: List[StageSampling] = field(default_factory=lambda: [StageSampling()])
-    encoder_path: Optional[str] = None  # overrides the checkpoint's conditioning.encoder_path
+    encoder_path: Optional[str] = None  # overrides every stage's conditioning.encoder_path
     thresholding: str = "dynamic"
     device: str = "auto"
 
 
-def load_stage(path: str, device: torch.device) -> MegatronImagen:
-    """Restores a `.nemo` file; a missing or unreadable file is a clear error, never random weights."""
+def load_stage(path: str, device: torch.device, key: str = "base_ckpt") -> MegatronImagen:
+    """Restores one stage from a `.nemo` file, or from a Lightning `.ckpt` written by examples/train.py (its
+    model config travels in the checkpoint's hyper-parameters; EMA weights are kept and used for sampling).
+
+    A missing, unreadable or mismatched file is a clear error naming `key`, never random weights."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if file.suffix != ".nemo":
-        raise ConfigError(f"base_ckpt: {path} is not a .nemo file (export a .ckpt with examples/export.py)")
-    model = MegatronImagen.restore_from(str(file), map_location=device, strict=True)
+        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
+    if file.suffix == ".nemo":
+        model = MegatronImagen.restore_from(str(file), map_location=device, strict=True)
+    elif file.suffix == ".ckpt":
+        model = model_from_lightning_checkpoint(file, key)
+    else:
+        raise ConfigError(f"{key}: {path} is neither a .nemo file nor a Lightning .ckpt")
     return model.to(device).eval()
+
+
+def model_from_lightning_checkpoint(path: Path, key: str = "ckpt") -> MegatronImagen:
+    """Builds the model saved in a Lightning checkpoint (config from its hyper-parameters) and loads its
+    weights strictly, so a checkpoint of another architecture fails instead of leaving random weights."""
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
+    cfg = (checkpoint.get("hyper_parameters") or {}).get("cfg")
+    if cfg is None or "state_dict" not in checkpoint:
+        raise ConfigError(f"{key}: {path} is not a checkpoint written by examples/train.py (no model config or weights)")
+    model = MegatronImagen(cfg)
+    try:
+        missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ConfigError(f"{key}: {path} does not match its own config: {str(error).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise ConfigError(
+            f"{key}: {path} does not match its own config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model
 
 
 def read_prompts(cfg: SampleConfig) -> List[str]:
@@ -62,28 +95,38 @@ def read_prompts(cfg: SampleConfig) -> List[str]:
 
 
 class ImagenPipeline:
-    """Runs the stages of a cascade on prompts. Each stage gets its own `StageSampling`."""
+    """Runs the stages of a cascade on prompts: the base stage makes images from text, each
+    super-resolution stage upscales the previous stage's images. Each stage gets its own `StageSampling`;
+    prompts are embedded once per distinct text encoder (and token length)."""
 
     def __init__(self, stages: List[MegatronImagen], encoder: Optional[TextEncoder] = None):
+        check_cascade(stages)
         self.stages = stages
         if encoder is not None:
             for stage in stages:
                 stage.set_text_encoder(encoder)
+        else:
+            share_text_encoders(stages)
 
     @classmethod
     def from_config(cls, cfg: SampleConfig) -> "ImagenPipeline":
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if cfg.device == "auto" else cfg.device)
-        if not cfg.base_ckpt:
-            raise ConfigError("base_ckpt: path of the base stage's .nemo file is required")
-        base = load_stage(cfg.base_ckpt, device)
-        if cfg.target_resolution != base.typed_cfg.unet.image_size:
-            raise ConfigError(
-                f"target_resolution: {cfg.target_resolution}, but the base stage makes "
-                f"{base.typed_cfg.unet.image_size}x{base.typed_cfg.unet.image_size} images"
-            )
+        resolutions = [resolution for _, resolution in STAGES]
+        if cfg.target_resolution not in resolutions:
+            raise ConfigError(f"target_resolution: {cfg.target_resolution} is not one of {resolutions}")
+        stages = []
+        for key, resolution in STAGES:
+            if resolution > cfg.target_resolution:
+                break
+            path = getattr(cfg, key)
+            if not path:
+                raise ConfigError(f"{key}: target_resolution {cfg.target_resolution} needs this stage's .nemo or .ckpt file")
+            stage = load_stage(path, device, key)
+            check_stage_role(stage, key, resolution)
+            stages.append(stage)
         encoder = TextEncoder.from_path(cfg.encoder_path, device=str(device)) if cfg.encoder_path else None
-        return cls([base], encoder)
+        return cls(stages, encoder)
 
     @torch.no_grad()
     def __call__(
@@ -96,31 +139,89 @@ class ImagenPipeline:
         seed: int = 0,
         thresholding: str = "dynamic",
     ) -> torch.Tensor:
-        """-> images [len(prompts) * num_images_per_prompt, C, H, W] in [-1, 1], prompt-major order.
+        """-> images [len(prompts) * num_images_per_prompt, C, H, W] in [-1, 1] at the last stage's size,
+        prompt-major order.
 
-        Batch k starts its noise from seed + k, so results do not depend on the device's other work."""
+        Batch k draws all its noise, stage after stage, from seed + k, so results do not depend on the
+        device's other work or on how many batches run."""
         if len(samplings) < len(self.stages):
             raise ConfigError(f"samplings: {len(self.stages)} stages need {len(self.stages)} entries, got {len(samplings)}")
-        base = self.stages[0]
-        text_embed, text_mask = base.encode_prompts(prompts)
-        text_embed = text_embed.repeat_interleave(num_images_per_prompt, 0)
-        text_mask = text_mask.repeat_interleave(num_images_per_prompt, 0)
+        texts = [
+            (embed.repeat_interleave(num_images_per_prompt, 0), mask.repeat_interleave(num_images_per_prompt, 0))
+            for embed, mask in self.embed_prompts(prompts)
+        ]
         outputs = []
-        starts = range(0, text_embed.shape[0], batch_size)
-        for batch_index, start in enumerate(tqdm(starts, desc="sampling", unit="batch")):
-            generator = torch.Generator(device=base.device).manual_seed(seed + batch_index)
-            stage_sampling = samplings[0]
-            images = base.sample(
-                text_embed[start : start + batch_size],
-                text_mask[start : start + batch_size],
-                sampler=stage_sampling.sampler,
-                steps=stage_sampling.steps,
-                cfg_scale=stage_sampling.cfg,
-                thresholding=thresholding,
-                generator=generator,
-            )
+        total = len(prompts) * num_images_per_prompt
+        for batch_index, start in enumerate(tqdm(range(0, total, batch_size), desc="sampling", unit="batch")):
+            generator = torch.Generator(device=self.stages[0].device).manual_seed(seed + batch_index)
+            images = None
+            for stage, (text_embed, text_mask), stage_sampling in zip(self.stages, texts, samplings):
+                images = stage.sample(
+                    text_embed[start : start + batch_size],
+                    text_mask[start : start + batch_size],
+                    lowres=images,
+                    noise_cond_aug_sigma=stage_sampling.noise_cond_aug_sigma,
+                    sampler=stage_sampling.sampler,
+                    steps=stage_sampling.steps,
+                    cfg_scale=stage_sampling.cfg,
+                    thresholding=thresholding,
+                    generator=generator,
+                )
             outputs.append(images.cpu())
         return torch.cat(outputs)
+
+    def embed_prompts(self, prompts: List[str]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(text_embed, text_mask) for each stage, computed once per distinct (encoder, token length)."""
+        cache: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+        embeddings = []
+        for stage in self.stages:
+            key = (id(stage.text_encoder), stage.typed_cfg.conditioning.token_length)
+            if key not in cache:
+                cache[key] = stage.encode_prompts(prompts)
+            embeddings.append(cache[key])
+        return embeddings
+
+
+def check_stage_role(stage: MegatronImagen, key: str, resolution: int) -> None:
+    """The file given as `key` must hold that stage: a base model for base_ckpt, an SR model making
+    `resolution` images for an SR key (catches swapped or wrong files before any sampling)."""
+    typed = stage.typed_cfg
+    wants_base = key == STAGES[0][0]
+    if wants_base == typed.is_super_resolution:
+        expected = "a base stage (unet_type base)" if wants_base else "a super-resolution stage (unet_type sr or sr-unet)"
+        raise ConfigError(f"{key}: expected {expected}, but the checkpoint holds unet_type {typed.unet_type}")
+    if typed.unet.image_size != resolution:
+        raise ConfigError(
+            f"{key}: expected a stage making {resolution}x{resolution} images, but the checkpoint's "
+            f"unet.image_size is {typed.unet.image_size}"
+        )
+
+
+def check_cascade(stages: List[MegatronImagen]) -> None:
+    """Each SR stage must take the previous stage's output size as its low-res input."""
+    if not stages or stages[0].typed_cfg.is_super_resolution:
+        raise ConfigError("base_ckpt: a cascade starts with a base stage (unet_type base)")
+    for previous, stage in zip(stages, stages[1:]):
+        typed = stage.typed_cfg
+        made = previous.typed_cfg.unet.image_size
+        if not typed.is_super_resolution or typed.low_resolution != made:
+            raise ConfigError(
+                f"cascade: a stage of unet_type {typed.unet_type} upscaling {typed.low_resolution} images cannot "
+                f"follow a stage making {made}x{made} images"
+            )
+
+
+def share_text_encoders(stages: List[MegatronImagen]) -> None:
+    """Stages naming the same encoder_path use one loaded encoder (loaded once, embeds once)."""
+    loaded: Dict[str, TextEncoder] = {}
+    for stage in stages:
+        path = stage.typed_cfg.conditioning.encoder_path
+        if not path:
+            continue
+        if path in loaded:
+            stage.set_text_encoder(loaded[path])
+        elif stage.text_encoder is not None:
+            loaded[path] = stage.text_encoder
 
 
 def sample_config_from(cfg) -> SampleConfig:
