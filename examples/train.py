@@ -16,7 +16,9 @@ from nemo_imagen.models.trainer_builder import build_trainer, exit_on_config_err
 def main(cfg) -> None:
     demo = cfg.get("demo_data")
     if demo and not any(Path(demo.output_dir).glob("train-*.tar")):
-        make_demo_dataset(demo.output_dir, num_samples=demo.num_samples, seed=demo.seed)
+        make_demo_dataset(
+            demo.output_dir, num_samples=demo.num_samples, seed=demo.seed, image_size=demo.get("image_size", 64)
+        )
     trainer = build_trainer(cfg)
     model = MegatronImagen(cfg.model, trainer)
     trainer.fit(model)

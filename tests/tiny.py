@@ -14,13 +14,28 @@ TINY_UNET = {
     "per_head_channels": 16,
     "cond_dim": 32,
 }
+# Super-resolution stages keep their documented image sizes (256, 1024; trained on [64, 256] pairs), so a
+# tiny UNet needs more levels to reach a resolution where attention is cheap.
+TINY_UNETS = {
+    "base": TINY_UNET,
+    "sr-unet": {**TINY_UNET, "channel_mult": [1, 1, 2, 2]},
+    "sr": {
+        "embed_dim": 32,
+        "channel_mult": [1, 2, 2],
+        "num_resblocks": [1, 1, 2],
+        "atnn_enabled_at": [0, 0, 1],
+        "per_head_channels": 16,
+        "cond_dim": 32,
+    },
+}
 TINY_CONDITIONING = {"embed_dim": 16, "token_length": 8}
 
 
-def tiny_overrides(exp_dir, max_steps=4, extra=(), tiny_text=True, synthetic=True):
+def tiny_overrides(exp_dir, max_steps=4, extra=(), tiny_text=True, synthetic=True, unet_type="base"):
     """Hydra command-line overrides turning a documented config into a seconds-long CPU run.
-    tiny_text: 16-dim random text embeddings; synthetic: random data instead of the config's shards."""
-    unet = [f"model.unet.{key}={value}".replace(" ", "") for key, value in TINY_UNET.items()]
+    tiny_text: 16-dim random text embeddings; synthetic: random data instead of the config's shards;
+    unet_type: the config's `model.unet_type` (picks the tiny UNet's keys)."""
+    unet = [f"model.unet.{key}={value}".replace(" ", "") for key, value in TINY_UNETS[unet_type].items()]
     cond = [f"model.conditioning.{key}={value}" for key, value in TINY_CONDITIONING.items()] if tiny_text else []
     data = ["model.data.synthetic_data=True", "model.data.synthetic_data_length=64"] if synthetic else []
     return unet + cond + data + [

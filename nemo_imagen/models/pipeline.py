@@ -56,12 +56,20 @@ def load_stage(path: str, device: torch.device, key: str = "base_ckpt") -> Megat
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    if file.suffix == ".nemo":
-        model = MegatronImagen.restore_from(str(file), map_location=device, strict=True)
-    elif file.suffix == ".ckpt":
-        model = model_from_lightning_checkpoint(file, key)
-    else:
+    if file.suffix not in (".nemo", ".ckpt"):
         raise ConfigError(f"{key}: {path} is neither a .nemo file nor a Lightning .ckpt")
+    try:
+        if file.suffix == ".nemo":
+            model = MegatronImagen.restore_from(str(file), map_location=device, strict=True)
+        else:
+            model = model_from_lightning_checkpoint(file, key)
+    except ConfigError:
+        raise
+    except Exception as error:  # a truncated or foreign file fails deep inside tarfile / pickle / torch.load
+        raise ConfigError(
+            f"{key}: cannot read {path} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "is the file complete and written by examples/train.py or examples/export.py?"
+        ) from None
     return model.to(device).eval()
 
 

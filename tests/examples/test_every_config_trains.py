@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.tiny import REPO, run_example, tensorboard_scalars, tiny_overrides
 
@@ -11,7 +12,8 @@ TRAINING_CONFIGS = sorted(path.stem for path in (REPO / "examples" / "conf").glo
 
 
 def test_the_list_covers_the_documented_configs():
-    assert {"base64-500m", "base64-500m-edm", "base64-2b", "base64-2b-edm", "quickstart"} <= set(TRAINING_CONFIGS)
+    documented = {"base64-500m", "base64-2b", "sr256-400m", "sr256-600m", "sr1024-400m"}
+    assert documented | {f"{name}-edm" for name in documented} | {"quickstart"} <= set(TRAINING_CONFIGS)
 
 
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
@@ -21,7 +23,9 @@ def test_config_trains_two_steps(config, tmp_path):
     if quickstart:  # its own demo shards (made by train.py) and MiniLM text: only the model is shrunk
         extra += [f"demo_data.output_dir={tmp_path}/demo", "demo_data.num_samples=64",
                   f"model.data.train.dataset_path=[{tmp_path}/demo/train-000000.tar]"]
-    overrides = tiny_overrides(tmp_path / "exp", 2, extra, tiny_text=not quickstart, synthetic=not quickstart)
+    unet_type = OmegaConf.load(REPO / "examples" / "conf" / f"{config}.yaml").model.unet_type
+    overrides = tiny_overrides(tmp_path / "exp", 2, extra, tiny_text=not quickstart, synthetic=not quickstart,
+                               unet_type=unet_type)
     result = run_example("train.py", "--config-name", config, *overrides)
     assert "model: " in result.stdout  # the .nemo path is printed
     nemo = Path(result.stdout.split("model: ")[1].split()[0])
