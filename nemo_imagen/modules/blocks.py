@@ -32,7 +32,9 @@ class ResBlock(nn.Module):
     h = Conv3x3(SiLU(GroupNorm(x))); e = Linear(SiLU(emb));
     h = GroupNorm(h) * (1 + scale) + shift with (scale, shift) = e  (scale_shift_norm)
         or GroupNorm(h + e);
-    out = skip(x) + Conv3x3_zero(Dropout(SiLU(h))), skip a 1x1 conv when the width changes.
+    out = skip_scale * skip(x) + Conv3x3_zero(Dropout(SiLU(h))), skip a 1x1 conv when the width changes
+    or `project_skip` (the Efficient UNet's ResBlock always has one); skip_scale 1/sqrt(2) is the Efficient
+    UNet's skip connection scaling.
     With resample 'up' / 'down' both paths are resized (nearest x2 / 2x2 average) before the first conv.
 
     x: [B, in_channels, H, W], emb: [B, emb_dim] -> [B, out_channels, H', W'].
@@ -46,6 +48,8 @@ class ResBlock(nn.Module):
         dropout: float = 0.0,
         scale_shift_norm: bool = True,
         resample: str = None,
+        skip_scale: float = 1.0,
+        project_skip: bool = False,
     ):
         super().__init__()
         if resample not in (None, "up", "down"):
@@ -58,7 +62,9 @@ class ResBlock(nn.Module):
         self.out_norm = nn.GroupNorm(norm_groups(out_channels), out_channels)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        project = project_skip or in_channels != out_channels
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if project else nn.Identity()
+        self.skip_scale = skip_scale
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.in_norm(x))
@@ -72,7 +78,7 @@ class ResBlock(nn.Module):
         else:
             h = self.out_norm(h + e)
         h = self.out_conv(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        return self.skip(x) * self.skip_scale + h
 
 
 class Downsample(nn.Module):
@@ -98,6 +104,40 @@ class Upsample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
+def strided_resampling_geometry(stride: int):
+    """(kernel, padding) of a conv that divides H, W exactly by `stride` (and of the transposed conv that
+    multiplies them back): kernel stride + 2 * (stride // 2), i.e. the usual 4 / padding 1 for stride 2."""
+    padding = stride // 2
+    return stride + 2 * padding, padding
+
+
+class StridedDownsample(nn.Module):
+    """Efficient UNet downsampling: a strided conv. [B, C_in, H, W] -> [B, C_out, H/stride, W/stride]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        kernel, padding = strided_resampling_geometry(stride)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class StridedUpsample(nn.Module):
+    """Efficient UNet upsampling: a transposed strided conv. [B, C_in, H, W] -> [B, C_out, H*stride, W*stride]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        kernel, padding = strided_resampling_geometry(stride)
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+RESAMPLERS = (Downsample, Upsample, StridedDownsample, StridedUpsample)
+
+
 class ConditionedSequential(nn.ModuleList):
     """Blocks applied in order, each given what it consumes: a ResBlock (x, emb), a resampler (x),
     any other block (an attention block) (x, context, mask).
@@ -117,7 +157,7 @@ class ConditionedSequential(nn.ModuleList):
         """x: [B, C, H, W], emb: [B, E4], context: [B, L, Dc], mask: [B, L] bool -> [B, C', H', W']."""
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self:
-            if isinstance(block, (Downsample, Upsample)):
+            if isinstance(block, RESAMPLERS):
                 x = block(x)
                 continue
             args = (x, emb) if isinstance(block, ResBlock) else (x, context, mask)

@@ -1,4 +1,5 @@
-"""The regular UNet (`unet_type: base`): guided-diffusion layout with Imagen text conditioning.
+"""The regular UNet (`unet_type: base`) and its super-resolution form (`unet_type: sr-unet`):
+guided-diffusion layout with Imagen text conditioning.
 
 Layout, with E = embed_dim and C_i = E * channel_mult[i]:
 - conditioning: emb [B, 4E] = MLP(sinusoid(noise_cond)) + MLP(pool(text)); context [B, L, cond_dim] =
@@ -11,14 +12,11 @@ Layout, with E = embed_dim and C_i = E * channel_mult[i]:
   of the matching input-side block, attention as above, an upsample closing every level but the last;
 - out: GroupNorm, SiLU, zero-initialised 3x3 conv -> channels.
 
-Classifier-free guidance: a dropped sample's text becomes the null text, one token (learned when
-use_null_token, else zeros) at position 0 with every other position masked out. Its output then
-depends neither on its text_embed / text_mask nor on token_length. A sample whose mask has no real
-token is treated as dropped, so no attention row or pooling is ever empty.
+Conditioning and classifier-free guidance: see `TextConditionedUNet` (conditioning.py).
 
-Super-resolution reuses this class: an SR subclass widens `init_conv` to take the upsampled low-res
-image as extra input channels and adds a second `NoiseLevelEmbedding` (augmentation level) to the
-`emb` returned by `condition` before calling `trunk`.
+`SRUNet` reuses the trunk: its `init_conv` also takes the upsampled low-res image as input channels,
+and with noise-conditioning augmentation a second `NoiseLevelEmbedding` (augmentation level) is added
+to the `emb` returned by `condition` before `trunk` runs (`LowResConditioning`).
 """
 
 import torch
@@ -26,27 +24,20 @@ import torch.nn as nn
 
 from nemo_imagen.modules.attention import attention_mode, make_attention_block
 from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample, zero_module
+from nemo_imagen.modules.conditioning import LowResConditioning, TextConditionedUNet
 from nemo_imagen.modules.config import UNetConfig, norm_groups
-from nemo_imagen.modules.embeddings import NoiseLevelEmbedding, PooledTextEmbedding
 
 
-class UNet(nn.Module):
+class UNet(TextConditionedUNet):
     """Regular Imagen UNet.
 
     cfg: the `model.unet` block; text_embed_dim: width D of the text encoder's token states
-    (`conditioning.embed_dim`).
+    (`conditioning.embed_dim`); in_channels: input channels of `init_conv` (default cfg.channels).
     """
 
-    def __init__(self, cfg: UNetConfig, text_embed_dim: int):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
+    def __init__(self, cfg: UNetConfig, text_embed_dim: int, in_channels: int = None):
+        super().__init__(cfg, text_embed_dim)
         emb_dim = 4 * cfg.embed_dim
-        self.time_embed = NoiseLevelEmbedding(cfg.embed_dim, emb_dim, cfg.learned_sinu_pos_emb_dim)
-        self.text_pool = PooledTextEmbedding(text_embed_dim, cfg.cond_dim, emb_dim, cfg.feature_pooling_type)
-        self.text_to_cond = nn.Linear(text_embed_dim, cfg.cond_dim)
-        self.null_text = nn.Parameter(torch.randn(text_embed_dim)) if cfg.use_null_token else None
-
         mode = attention_mode(cfg.flash_attention, cfg.stable_attention)
 
         def res(in_ch, out_ch, resample=None):
@@ -62,7 +53,7 @@ class UNet(nn.Module):
         last_level = cfg.num_levels - 1
         ch = cfg.level_channels(0)
         k = cfg.init_conv_kernel_size
-        self.init_conv = nn.Conv2d(cfg.channels, ch, k, padding=k // 2)
+        self.init_conv = nn.Conv2d(in_channels or cfg.channels, ch, k, padding=k // 2)
 
         skip_channels = [ch]
         self.input_blocks = nn.ModuleList()
@@ -109,38 +100,6 @@ class UNet(nn.Module):
         emb, context, mask = self.condition(noise_cond, text_embed, text_mask, drop_text)
         return self.trunk(x, emb, context, mask)
 
-    def condition(
-        self,
-        noise_cond: torch.Tensor,
-        text_embed: torch.Tensor,
-        text_mask: torch.Tensor,
-        drop_text: torch.Tensor = None,
-    ):
-        """-> emb [B, 4E] (noise level + pooled text), context [B, L, cond_dim], mask [B, L] bool."""
-        text_embed = text_embed.to(self.text_to_cond.weight.dtype)
-        text_embed, text_mask = self.apply_text_dropout(text_embed, text_mask, drop_text)
-        emb = self.time_embed(noise_cond) + self.text_pool(text_embed, text_mask)
-        return emb, self.text_to_cond(text_embed), text_mask
-
-    def apply_text_dropout(self, text_embed: torch.Tensor, text_mask: torch.Tensor, drop_text: torch.Tensor = None):
-        """Replace the text of dropped samples, and of samples without a real token, by the null text.
-
-        text_embed: [B, L, D], text_mask: [B, L], drop_text: [B] bool or None -> (text_embed, text_mask)
-        with dropped rows = (null token, 0, ..., 0) and mask (True, False, ..., False).
-        """
-        text_mask = text_mask.bool()
-        drop = ~text_mask.any(dim=1)
-        if drop_text is not None:
-            drop = drop | drop_text.bool()
-        length, dim = text_embed.shape[1:]
-        null_token = self.null_text.to(text_embed.dtype) if self.null_text is not None else text_embed.new_zeros(dim)
-        null_embed = torch.cat([null_token[None], text_embed.new_zeros(length - 1, dim)])
-        null_mask = torch.arange(length, device=text_mask.device) == 0
-        # torch.where, not arithmetic blending: a dropped row carries nothing of its input, not even NaN.
-        text_embed = torch.where(drop[:, None, None], null_embed, text_embed)
-        text_mask = torch.where(drop[:, None], null_mask, text_mask)
-        return text_embed, text_mask
-
     def trunk(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The convolutional UNet. x: [B, C_in, H, W], emb: [B, 4E], context: [B, L, cond_dim],
         mask: [B, L] bool -> [B, channels, H, W]."""
@@ -155,8 +114,41 @@ class UNet(nn.Module):
         return self.out(h)
 
 
-def count_parameters(cfg: UNetConfig, text_embed_dim: int) -> int:
-    """Parameters of `UNet(cfg, text_embed_dim)`, built on the meta device (no weights allocated)."""
-    with torch.device("meta"):
-        model = UNet(cfg, text_embed_dim)
-    return sum(p.numel() for p in model.parameters())
+
+class SRUNet(UNet):
+    """The regular UNet as a super-resolution model (`unet_type: sr-unet`): `init_conv` takes the noisy
+    image and the low-res image upsampled to its size (2 * channels); with `noise_cond_aug` the low-res
+    augmentation level is embedded and added to emb. Fully convolutional: any H, W divisible by
+    2 ** (levels - 1) works (e.g. sr1024 trained on 256 crops, sampled at 1024).
+    """
+
+    def __init__(self, cfg: UNetConfig, text_embed_dim: int, noise_cond_aug: bool = False):
+        super().__init__(cfg, text_embed_dim, in_channels=2 * cfg.channels)
+        self.lowres_cond = LowResConditioning(cfg, noise_cond_aug)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_cond: torch.Tensor,
+        text_embed: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor,
+        lowres_noise_cond: torch.Tensor = None,
+        drop_text: torch.Tensor = None,
+    ) -> torch.Tensor:
+        """x: [B, C, H, W] noisy image, noise_cond: [B], text_embed: [B, L, D], text_mask: [B, L] bool,
+        lowres: [B, C, h, w] low-res image (bicubically upsampled to H, W here), lowres_noise_cond: [B]
+        augmentation level (required iff built with noise_cond_aug), drop_text: [B] bool or None
+        -> [B, C, H, W]."""
+        check_spatial_size(x, 2 ** (self.cfg.num_levels - 1), "2**(levels-1)")
+        emb, context, mask = self.condition(noise_cond, text_embed, text_mask, drop_text)
+        h, emb = self.lowres_cond(x, emb, lowres, lowres_noise_cond)
+        return self.trunk(h, emb, context, mask)
+
+
+def check_spatial_size(x: torch.Tensor, factor: int, what: str) -> None:
+    """A fully convolutional UNet takes any H, W that its downsampling divides exactly."""
+    if x.dim() != 4 or x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"x: spatial size {tuple(x.shape[2:])} must be a multiple of {what} = {factor} in H and W"
+        )

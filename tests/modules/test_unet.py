@@ -30,7 +30,7 @@ def batch(size=3, length=5, image_size=16, seed=0):
     ],
 )
 def test_documented_sizes_within_3_percent(name, cfg, documented):
-    count = count_parameters(cfg, text_embed_dim=1024)
+    count = count_parameters("base", cfg, text_embed_dim=1024)
     assert abs(count / documented - 1) < 0.03, f"{name}: {count / 1e6:.1f}M vs {documented / 1e6:.0f}M"
 
 
@@ -50,7 +50,7 @@ def test_documented_sizes_within_3_percent(name, cfg, documented):
 def test_variants_build_and_count_consistently(overrides, tiny_config, perturb):
     cfg = tiny_config(**overrides)
     model = make_unet(cfg, perturb)
-    assert count_parameters(cfg, TEXT_DIM) == sum(p.numel() for p in model.parameters())
+    assert count_parameters("base", cfg, TEXT_DIM) == sum(p.numel() for p in model.parameters())
     x, noise_cond, text, mask = batch()
     out = model(x, noise_cond, text, mask)
     assert out.shape == x.shape and torch.isfinite(out).all()
