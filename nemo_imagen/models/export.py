@@ -30,17 +30,14 @@ def checkpoint_to_nemo(ckpt_path: str, output_path: str, use_ema: bool = True) -
 class DenoiserGraph(torch.nn.Module):
     """The raw UNet with every conditioning input positional, in the order of `example_inputs`."""
 
-    def __init__(self, unet: torch.nn.Module, super_resolution: bool, noise_cond_aug: bool):
+    def __init__(self, unet: torch.nn.Module, super_resolution: bool):
         super().__init__()
         self.unet = unet
         self.super_resolution = super_resolution
-        self.noise_cond_aug = noise_cond_aug
 
-    def forward(self, x, noise_cond, text_embed, text_mask, drop_text, *lowres_inputs):
+    def forward(self, x, noise_cond, text_embed, text_mask, drop_text, lowres=None, lowres_noise_cond=None):
         if not self.super_resolution:
             return self.unet(x, noise_cond, text_embed, text_mask, drop_text=drop_text)
-        lowres = lowres_inputs[0]
-        lowres_noise_cond = lowres_inputs[1] if self.noise_cond_aug else None
         return self.unet(x, noise_cond, text_embed, text_mask, lowres, lowres_noise_cond, drop_text=drop_text)
 
 
@@ -71,7 +68,7 @@ def example_inputs(model: MegatronImagen, batch_size: int = 2, image_size: Optio
 def denoiser_graph(model: MegatronImagen, use_ema: bool = True) -> DenoiserGraph:
     """The stage's UNet (its EMA weights when present and `use_ema`) with positional inputs, in eval mode."""
     unet = model.ema_unet if use_ema and model.ema_unet is not None else model.unet
-    return DenoiserGraph(unet, model.typed_cfg.is_super_resolution, model.typed_cfg.noise_cond_aug).eval()
+    return DenoiserGraph(unet, model.typed_cfg.is_super_resolution).eval()
 
 
 def export_onnx(model: MegatronImagen, output_path: str, use_ema: bool = True, batch_size: int = 2) -> List[str]:
@@ -89,7 +86,7 @@ def export_onnx(model: MegatronImagen, output_path: str, use_ema: bool = True, b
         output_path,
         input_names=names,
         output_names=["out"],
-        dynamic_shapes=tuple({0: batch} for _ in names),
+        dynamic_shapes={name: {0: batch} for name in names},
         dynamo=True,
         verbose=False,
     )

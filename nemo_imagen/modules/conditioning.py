@@ -61,7 +61,8 @@ class TextConditionedUNet(nn.Module):
         null_mask = torch.arange(length, device=text_mask.device) == 0
         # torch.where, not arithmetic blending: a dropped row carries nothing of its input, not even NaN.
         text_embed = torch.where(drop[:, None, None], null_embed, text_embed)
-        text_mask = torch.where(drop[:, None], null_mask, text_mask)
+        # logical ops rather than a boolean torch.where, which onnxruntime does not implement
+        text_mask = (text_mask & ~drop[:, None]) | (null_mask & drop[:, None])
         return text_embed, text_mask
 
 

@@ -83,7 +83,8 @@ def test_bad_key_is_named_without_a_stack_trace(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config, documented", [("base64-500m", 524e6), ("base64-2b", 2100e6)])
+@pytest.mark.parametrize("config, documented", [("base64-500m", 524e6), ("base64-2b", 2100e6), ("sr256-400m", 429e6),
+                                                ("sr256-600m", 646e6), ("sr1024-400m", 427e6)])
 def test_model_summary_matches_documented_size(config, documented):
     out = run("model_summary.py", "--config-name", config).stdout
     count = int(next(line for line in out.splitlines() if line.startswith("unet_params:")).split(":")[1])
