@@ -57,7 +57,7 @@ def batch(size=3, image_size=16, lowres_size=4, length=5, seed=0):
 
 # sr256-400m: the documented regular-UNet block except resblock_updown (see the report);
 # sr256-600m: the documented Efficient UNet block with the table's fused attention;
-# sr1024-400m: that block with cross + stable attention and NeMo's 400m width profile [1, 2, 4, 6, 6].
+# sr1024-400m: that block with cross + stable attention and 3 (not 8) ResBlocks at the deepest level.
 SR256_400M = UNetConfig(
     embed_dim=128, image_size=256, num_res_blocks=[2, 2, 3, 4, 3], channel_mult=[1, 2, 4, 6, 6], num_attn_heads=4,
     per_head_channels=64, cond_dim=512, attention_type="fused", attention_resolutions=[32, 16],
@@ -65,7 +65,7 @@ SR256_400M = UNetConfig(
 )
 SR256_600M = EfficientUNetConfig(attention_type="fused")
 SR1024_400M = EfficientUNetConfig(
-    image_size=1024, channel_mult=[1, 2, 4, 6, 6], attention_type="cross", stable_attention=True
+    image_size=1024, num_resblocks=[2, 4, 8, 8, 3], attention_type="cross", stable_attention=True
 )
 
 
@@ -190,14 +190,16 @@ def test_every_efficient_resblock_computes_scaled_skip_plus_residual(scaling, pe
 def test_down_levels_resample_before_their_blocks_and_up_levels_after(perturb):
     model = make_model("sr", perturb)
     sizes = {}
+
+    def record(key, what):
+        return lambda module, args, out: sizes.setdefault(key, []).append(what(args[0], out))
+
     for side in ("down", "up"):
         for level, seq in enumerate(getattr(model, f"{side}_levels")):
-            seq.register_forward_hook(lambda m, args, out, key=(side, level): sizes.setdefault(key, []).append(
-                ("in", args[0].shape[-1], "out", out.shape[-1])))
+            seq.register_forward_hook(record((side, level), lambda x, out: ("in", x.shape[-1], "out", out.shape[-1])))
             for block in seq:
-                if isinstance(block, ResBlock):
-                    block.register_forward_hook(lambda m, args, out, key=(side, level): sizes.setdefault(key, []).append(
-                        args[0].shape[-1]))
+                if isinstance(block, ResBlock):  # the feature-map size each ResBlock sees
+                    block.register_forward_hook(record((side, level), lambda x, out: x.shape[-1]))
     x, noise_cond, text, mask, lowres, _ = batch()
     model(torch.randn(3, 3, 32, 32), noise_cond, text, mask, lowres)  # twice the training size
     # down: 32 -> level 0 blocks at 16 (downsampled first), level 1 at 8, deepest level 2 stays at 8
@@ -214,7 +216,9 @@ def test_down_levels_resample_before_their_blocks_and_up_levels_after(perturb):
 
 
 def test_stride_three_resamples_by_three(perturb):
-    model = make_model("sr", perturb, image_size=18, channel_mult=[1, 2], num_resblocks=1, atnn_enabled_at=[0, 1], stride=3)
+    model = make_model(
+        "sr", perturb, image_size=18, channel_mult=[1, 2], num_resblocks=1, atnn_enabled_at=[0, 1], stride=3
+    )
     x, noise_cond, text, mask, lowres, _ = batch(image_size=18)
     assert model(x, noise_cond, text, mask, lowres).shape == x.shape
     assert model(torch.randn(3, 3, 36, 9), noise_cond, text, mask, lowres).shape == (3, 3, 36, 9)
