@@ -2,9 +2,8 @@
 or `sr-unet`), `EfficientUNetConfig` the Efficient UNet (`unet_type` `sr`).
 
 Field names and defaults are the documented NeMo Imagen keys (the base64-500m and the Efficient UNet
-blocks). The types are
-OmegaConf-structured compatible (no Union), so `models/` can merge a YAML block into
-`OmegaConf.structured(UNetConfig)`; `__post_init__` runs when it calls `OmegaConf.to_object` and
+blocks). The types are OmegaConf-structured compatible (no Union), so `models/` can merge a YAML block
+into `OmegaConf.structured(UNetConfig)`; `__post_init__` runs when it calls `OmegaConf.to_object` and
 rejects values that would only fail later, deep inside model construction.
 """
 
@@ -65,7 +64,8 @@ class _SharedUNetKeys:
             raise ValueError(
                 f"unet.learned_sinu_pos_emb_dim: {self.learned_sinu_pos_emb_dim} must be even (half sin, half cos)"
             )
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+        dropout = self.dropout
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"unet.dropout: {self.dropout!r} must be a float in [0, 1)")
         if self.flash_attention and self.stable_attention:
             raise ValueError(

@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample
+from nemo_imagen.modules.blocks import (
+    ConditionedSequential,
+    Downsample,
+    ResBlock,
+    StridedDownsample,
+    StridedUpsample,
+    Upsample,
+)
 
 
 def expected_groups(channels):
@@ -36,7 +43,7 @@ def ref_resblock(block, x, emb):
         h = F.group_norm(h + e, expected_groups(h.shape[1]), p["out_norm.weight"], p["out_norm.bias"])
     h = F.conv2d(F.silu(h), p["out_conv.weight"], p["out_conv.bias"], padding=1)
     skip = F.conv2d(x, p["skip.weight"], p["skip.bias"]) if "skip.weight" in p else x
-    return skip + h
+    return skip * block.skip_scale + h
 
 
 @pytest.mark.parametrize(
@@ -55,6 +62,20 @@ def test_resblock_matches_formula(in_ch, out_ch, scale_shift_norm, resample, out
     out = block(x, emb)
     assert out.shape == (2, out_ch, out_hw, out_hw)
     torch.testing.assert_close(out.double(), ref_resblock(block, x, emb), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("project_skip", [False, True])
+def test_efficient_resblock_scales_its_skip_path(project_skip, perturb):
+    """skip_scale multiplies the skip path only: out(s) - out(1) = (s - 1) skip(x), numerically."""
+    torch.manual_seed(0)
+    block = perturb(ResBlock(32, 32, 16, skip_scale=2**-0.5, project_skip=project_skip))
+    assert isinstance(block.skip, torch.nn.Conv2d) == project_skip
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    scaled = block(x, emb)
+    torch.testing.assert_close(scaled.double(), ref_resblock(block, x, emb), atol=1e-5, rtol=1e-5)
+    block.skip_scale = 1.0
+    unscaled = block(x, emb)
+    torch.testing.assert_close(unscaled - scaled, (1 - 2**-0.5) * block.skip(x), atol=1e-5, rtol=1e-5)
 
 
 def test_fresh_resblock_is_its_skip_path():
@@ -110,3 +131,22 @@ def test_conditioned_sequential_routes_inputs():
     expected = F.avg_pool2d(res(x, emb) + 24.0 + 2.0, 2)
     torch.testing.assert_close(out, expected)
     assert calls[0][0] is context and calls[0][1] is mask
+
+
+# stride 2 gives the usual 4x4 kernel with padding 1
+@pytest.mark.parametrize("stride, size, kernel", [(2, 8, 4), (3, 9, 5), (4, 8, 8)])
+def test_strided_resamplers_divide_and_multiply_exactly(stride, size, kernel):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, size, size + stride)
+    down = StridedDownsample(8, 16, stride)
+    h = down(x)
+    assert h.shape == (2, 16, size // stride, size // stride + 1)
+    assert down.conv.kernel_size == (kernel, kernel)
+    torch.testing.assert_close(
+        h, F.conv2d(x, down.conv.weight, down.conv.bias, stride=stride, padding=stride // 2)
+    )
+    up = StridedUpsample(16, 8, stride)
+    assert up(h).shape == x.shape
+    torch.testing.assert_close(
+        up(h), F.conv_transpose2d(h, up.conv.weight, up.conv.bias, stride=stride, padding=stride // 2)
+    )
