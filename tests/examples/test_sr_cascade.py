@@ -89,7 +89,7 @@ def cascade(sr_run, tmp_path_factory):
 
 def test_sample_script_chains_base_sr256_sr1024_into_1024_pngs(cascade, tmp_path):
     base, sr256, sr1024 = cascade
-    run_example("sample.py", f"base_ckpt={base}", f"sr256_ckpt={sr256}", f"sr1024_ckpt={sr1024}",
+    run_example("sample.py", f"base_ckpt={base}", f"sr256_ckpt='{sr256}'", f"sr1024_ckpt={sr1024}",
                 "target_resolution=1024", "prompts=[a red circle]", "num_images_per_prompt=1", f"output_dir={tmp_path}",
                 "samplings=[{sampler: dpmpp, steps: 2, cfg: 2.0}, {sampler: dpmpp, steps: 2, cfg: 2.0},"
                 " {sampler: dpmpp, steps: 1, cfg: 1.0}]")
@@ -115,7 +115,7 @@ def test_pipeline_equals_the_stages_run_by_hand(cascade):
 
 def test_wrong_or_missing_stage_files_are_named(cascade, tmp_path):
     base, sr256, _ = cascade
-    swapped = run_example("sample.py", f"base_ckpt={sr256}", "prompts=[x]", check=False)
+    swapped = run_example("sample.py", f"base_ckpt='{sr256}'", "prompts=[x]", check=False)
     assert swapped.returncode == 2 and "base_ckpt: expected a base stage" in swapped.stderr + swapped.stdout
     missing = run_example("sample.py", f"base_ckpt={base}", "target_resolution=256", "prompts=[x]", check=False)
     assert missing.returncode == 2 and "sr256_ckpt:" in missing.stderr + missing.stdout
