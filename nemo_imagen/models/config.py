@@ -152,6 +152,14 @@ def _clean_error(error: OmegaConfBaseException, prefix: str) -> ConfigError:
     return ConfigError(f"{where}: {message}")
 
 
+def _merge_block(schema: DictConfig, block, prefix: str) -> DictConfig:
+    """Merges a YAML block into the schema of its type; errors name the key under `prefix`."""
+    try:
+        return OmegaConf.merge(schema, block or {})
+    except OmegaConfBaseException as error:
+        raise _clean_error(error, prefix) from None
+
+
 def validate_model_config(cfg: DictConfig):
     """Checks the `model` block: unknown keys, wrong types and bad values raise `ConfigError` naming the key.
 
@@ -167,11 +175,11 @@ def validate_model_config(cfg: DictConfig):
             precond_schema = OmegaConf.structured(preconditioning_config_class(precond_type))
         except ValueError as error:
             raise ConfigError(f"model.{error}") from None
-        precond = OmegaConf.merge(precond_schema, cfg.get("preconditioning") or {})
+        precond = _merge_block(precond_schema, cfg.get("preconditioning"), "model.preconditioning")
         unet_type = merged.unet_type
         if unet_type not in UNET_TYPES:
             raise ConfigError(f"model.unet_type: {unet_type!r} is not one of {', '.join(UNET_TYPES)}")
-        unet = OmegaConf.merge(OmegaConf.structured(unet_config_class(unet_type)), cfg.get("unet") or {})
+        unet = _merge_block(OmegaConf.structured(unet_config_class(unet_type)), cfg.get("unet"), "model.unet")
     except OmegaConfBaseException as error:
         raise _clean_error(error, "model") from None
     try:
