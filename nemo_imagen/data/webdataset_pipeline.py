@@ -139,20 +139,21 @@ class ImagenWebDataset(IterableDataset):
         stream = self._raw_samples(partition, rng, skips, where)
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, rng)
-        samples, produced = [], 0
+        samples, keys, produced = [], [], 0
         for shard, key, entries in stream:
             try:
                 samples.append(self.decoder(entries, rng))
             except SampleError as error:
                 skips.record(error.kind, shard, key, str(error))
                 continue
+            keys.append(f"{shard}/{key}")
             if len(samples) == self.micro_batch_size:
                 produced += len(samples)
-                yield collate(samples, skips.take())
-                samples = []
+                yield {**collate(samples, skips.take()), "sample_keys": keys}
+                samples, keys = [], []
         if samples:
             produced += len(samples)
-            yield collate(samples, skips.take())
+            yield {**collate(samples, skips.take()), "sample_keys": keys}
         level = logging.WARNING if skips.count else logging.INFO
         logger.log(
             level, "data (%s): epoch %d done: %d samples, %d skipped %s",
@@ -257,7 +258,8 @@ def build_train_dataloader(
         (R = max target resolution), ``images_{r}`` ``[B, 3, r, r]`` for every r in
         ``data.train.target_resolutions`` (bicubic downsamples of ``images``; ``images_{R}`` is
         ``images``), ``captions`` (B str), ``{out_key}`` ``[B, L, D]`` float32 and ``{out_key}_mask``
-        ``[B, L]`` bool (precached embeddings only), ``skipped`` ``{kind: count}`` (samples the
+        ``[B, L]`` bool (precached embeddings only), ``sample_keys`` (B str ``{shard}/{key}``: which sample
+        each row is; keys the training noise), ``skipped`` ``{kind: count}`` (samples the
         producing worker dropped since its previous batch; kinds in ``samples.SKIP_KINDS``).
 
     Raises:

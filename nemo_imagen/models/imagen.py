@@ -19,6 +19,7 @@ from nemo_imagen.diffusion import (
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.megatron_base import MegatronImagenBase
+from nemo_imagen.models.training_noise import draw_per_sample
 from nemo_imagen.modules.unet import UNet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
 
@@ -125,9 +126,19 @@ class MegatronImagen(MegatronImagenBase):
         if self._log_prompts is None:
             count = min(len(batch["captions"]), len(self.typed_cfg.sample_log.prompts) or 4)
             self._log_prompts = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count])
-        drop_text = sample_drop_mask(images.shape[0], self.typed_cfg.conditioning.drop_rate, device=self.device)
+        drop_rate = self.typed_cfg.conditioning.drop_rate
+        if "sample_keys" in batch:  # noise keyed by sample and step: the update does not depend on the DP layout
+            draws = draw_per_sample(
+                self.precond, batch["sample_keys"], self.typed_cfg.seed, self.trainer.global_step,
+                images.shape[1:], drop_rate, self.device,
+            )
+            noise_args = {"sigma": draws.sigma, "noise": draws.noise.to(images.dtype)}
+            drop_text = draws.drop_text
+        else:
+            noise_args = {}
+            drop_text = sample_drop_mask(images.shape[0], drop_rate, device=self.device)
         loss = self.precond.loss(
-            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text
+            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **noise_args
         ).mean()
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
