@@ -5,8 +5,8 @@
 Run it from its own environment (PyTriton pins numpy<2, which the NeMo set does not allow): see the README
 ("Embedding servers"). Trainers reach it with ``model.conditioning.online_encoding=server`` and
 ``model.conditioning.server_urls=[host:8000]``; Triton's dynamic batcher merges the requests of all their
-dataloader workers into encoder batches of up to ``--max-batch-size`` captions. Stop it with SIGINT (Ctrl-C):
-SIGTERM leaves its workspace under ~/.cache/pytriton.
+dataloader workers into encoder batches of up to ``--max-batch-size`` captions. Stop it with SIGINT (Ctrl-C) or
+SIGTERM (both shut Triton down and remove its workspace under ~/.cache/pytriton).
 
 Model ``--model-name`` (default ``text_encoder``): input ``captions`` (BYTES, one UTF-8 caption per row);
 outputs ``embeddings`` float32 ``[B, token_length, D]`` (zero at padded positions) and ``mask`` bool
@@ -15,6 +15,7 @@ outputs ``embeddings`` float32 ``[B, token_length, D]`` (zero at padded position
 import argparse
 import logging
 import os
+import signal
 import sys
 import sysconfig
 from pathlib import Path
@@ -64,6 +65,10 @@ def make_infer_function(encoder: TextEncoder, token_length: int):
     return infer
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -86,6 +91,8 @@ def main(argv=None) -> None:
         metrics_address=args.host,
         metrics_port=args.metrics_port if args.metrics_port is not None else args.http_port + 2,
     )
+    # SIGTERM (scancel, the end of a SLURM step) shuts down like SIGINT, so PyTriton removes its workspace.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with Triton(config=config) as triton:
         triton.bind(
             model_name=args.model_name,
