@@ -7,7 +7,8 @@ dynamic batcher).
 
 The connection is opened lazily in the process that uses it and reopened after a fork, so a client built in
 the trainer and copied into dataloader workers never shares a socket between processes. A failed request (server
-gone, refused, timed out, or an error reply) is retried ``retries`` times on the next server in the list, then
+gone, refused, timed out, or an error reply) is retried ``retries`` times on the next server in the list (which
+then stays the worker's server if it answers), then
 ``EmbeddingServerError`` names the servers and the last error: a worker never hangs and never returns made-up
 (e.g. zero) embeddings.
 """
@@ -104,7 +105,7 @@ class EmbeddingClient:
         for attempt in range(self.retries + 1):
             index = (self._preferred + attempt) % len(self.urls)
             try:
-                return self._encode_on(index, captions)
+                encoded = self._encode_on(index, captions)
             except EmbeddingServerError:
                 raise
             except Exception as error:  # tritonclient, gevent, socket and timeout errors come in many types
@@ -114,6 +115,9 @@ class EmbeddingClient:
                 self.close()
                 if attempt < self.retries:
                     time.sleep(min(2.0**attempt, 10.0))
+                continue
+            self._preferred = index  # stay on the server that answered
+            return encoded
         raise EmbeddingServerError(
             f"conditioning.server_urls: the embedding servers did not answer {len(captions)} captions after "
             f"{self.retries + 1} attempts (timeout {self.timeout_s:g} s each): " + "; ".join(errors)

@@ -1,6 +1,6 @@
 """The PyTriton embedding server end to end: a tiny model trains with `online_encoding: server` and 2 dataloader
-workers, the embeddings it saw equal in-process MiniLM embeddings of the same captions, and a dead server gives
-a clear error, not a hang and not zero embeddings.
+workers (server list: a dead address, then the live server), the embeddings it saw equal in-process MiniLM
+embeddings of the same captions, and a dead server gives a clear error, not a hang and not zero embeddings.
 
 The server runs from its own environment (PyTriton pins numpy<2): NEMO_IMAGEN_PYTRITON_PYTHON, or the repository's
 .venv-pytriton (which .ci/run builds)."""
@@ -67,12 +67,12 @@ def wait_until_ready(server: subprocess.Popen, port: int, log: Path, timeout_s: 
     raise AssertionError(f"embedding server not ready after {timeout_s} s:\n{log.read_text()[-4000:]}")
 
 
-def train(out_dir: Path, shards: str, port: int, check: bool = True) -> subprocess.CompletedProcess:
+def train(out_dir: Path, shards: str, urls: str, check: bool = True) -> subprocess.CompletedProcess:
     overrides = [
         "model.unet.embed_dim=32", "model.unet.channel_mult=[1,2]", "model.unet.num_res_blocks=1",
         "model.unet.attention_resolutions=[32]", "model.unet.per_head_channels=16", "model.unet.cond_dim=32",
         "model.conditioning.embed_dim=384", f"model.conditioning.token_length={TOKEN_LENGTH}",
-        "model.conditioning.online_encoding=server", f"++model.conditioning.server_urls=[127.0.0.1:{port}]",
+        "model.conditioning.online_encoding=server", f"++model.conditioning.server_urls=[{urls}]",
         "++model.conditioning.server_timeout_s=10", "++model.conditioning.server_retries=1",
         "model.conditioning.precached_key=null", "model.conditioning.encoder_path=null",
         f"model.data.train.dataset_path=['{shards}']", "model.data.num_workers=2",
@@ -109,7 +109,9 @@ def served_training(tmp_path_factory):
         )
     try:
         wait_until_ready(server, port, log)
-        train(root / "run", shards, port)
+        # the first address has no server: the worker that prefers it must fail over to the live one
+        dead_port = free_port_triple()
+        train(root / "run", shards, f"127.0.0.1:{dead_port},127.0.0.1:{port}")
     finally:
         server.send_signal(signal.SIGINT)  # PyTriton cleans its workspace on SIGINT, not on SIGTERM
         try:
@@ -118,7 +120,7 @@ def served_training(tmp_path_factory):
             server.kill()
             server.wait()
     started = time.monotonic()
-    dead = train(root / "dead", shards, port, check=False)
+    dead = train(root / "dead", shards, f"127.0.0.1:{port}", check=False)
     return torch.load(root / "run" / "rank0.pt", weights_only=False), dead, time.monotonic() - started
 
 
