@@ -111,7 +111,7 @@ def served_training(tmp_path_factory):
         wait_until_ready(server, port, log)
         # the first address has no server: the worker that prefers it must fail over to the live one
         dead_port = free_port_triple()
-        train(root / "run", shards, f"127.0.0.1:{dead_port},127.0.0.1:{port}")
+        served = train(root / "run", shards, f"127.0.0.1:{dead_port},127.0.0.1:{port}")
     finally:
         server.send_signal(signal.SIGINT)  # PyTriton cleans its workspace on SIGINT, not on SIGTERM
         try:
@@ -121,13 +121,14 @@ def served_training(tmp_path_factory):
             server.wait()
     started = time.monotonic()
     dead = train(root / "dead", shards, f"127.0.0.1:{port}", check=False)
-    return torch.load(root / "run" / "rank0.pt", weights_only=False), dead, time.monotonic() - started
+    failover = f"embedding server 127.0.0.1:{dead_port} failed" in served.stdout + served.stderr
+    return torch.load(root / "run" / "rank0.pt", weights_only=False), dead, time.monotonic() - started, failover
 
 
 def test_model_saw_the_in_process_embeddings(served_training):
     from nemo_imagen.text.encoders import TextEncoder
 
-    record, _, _ = served_training
+    record, _, _, _ = served_training
     assert len(record["embeddings"]) == 3  # one per step, micro batch = global batch
     encoder = TextEncoder.from_path("all-MiniLM-L6-v2")
     for captions, embed, mask in record["embeddings"]:
@@ -140,14 +141,19 @@ def test_model_saw_the_in_process_embeddings(served_training):
 
 
 def test_batches_came_from_both_dataloader_workers(served_training):
-    record, _, _ = served_training
+    record, _, _, _ = served_training
     shards = {key.rsplit("/", 1)[0] for _, keys in record["keys"] for key in keys}
     assert len(shards) >= 2  # 4 shards dealt to 2 workers, batches alternate between the workers
 
 
 def test_dead_server_is_a_clear_error_not_a_hang(served_training):
-    _, dead, seconds = served_training
+    _, dead, seconds, _ = served_training
     assert dead.returncode != 0
     output = dead.stdout + dead.stderr
     assert "EmbeddingServerError" in output and "embedding servers did not answer" in output, output[-3000:]
     assert seconds < 300
+
+
+def test_worker_failed_over_from_the_dead_address(served_training):
+    _, _, _, failover = served_training
+    assert failover  # worker 0 prefers the first address, logged its failure, and trained on the live server
