@@ -32,11 +32,15 @@ install_requires = [
 ]
 
 # examples/export.py --onnx: torch's ONNX exporter (dynamo) needs onnxscript; onnxruntime checks the graph.
-export_requires = ["onnxscript>=0.5", "onnxruntime>=1.20"]
+EXPORT = ["onnxscript>=0.5", "onnxruntime>=1.20"]
+# The trainer's client of the embedding servers (`conditioning.online_encoding: server`). The servers themselves
+# (NVIDIA PyTriton) need numpy<2 and run from their own environment: examples/scripts/embedding_server_requirements.txt.
+SERVER_CLIENT = ["tritonclient[http]>=2.50"]
 
 extras_require = {
-    "export": export_requires,
-    "test": ["pytest>=7", "scipy", *export_requires],
+    "export": EXPORT,
+    "server": SERVER_CLIENT,
+    "test": ["pytest>=7", "scipy", *EXPORT, *SERVER_CLIENT],
 }
 
 setup(

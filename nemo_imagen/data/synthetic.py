@@ -10,7 +10,8 @@ class SyntheticImageTextDataset(IterableDataset):
 
     Each sample: `images` [C, R, R] at the largest of `resolutions` plus `images_{r}` [C, r, r] for every
     r (area-downsampled from the largest), the text embedding [L, D] under `out_key` and its mask [L] under
-    `{out_key}_mask` (a random number of real tokens, at least one), `captions` (a placeholder naming the sample).
+    `{out_key}_mask` (a random number of real tokens, at least one), `captions` (a placeholder naming the sample),
+    `sample_keys` (`synthetic/{index}`: the sample's identity, which keys its training noise).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class SyntheticImageTextDataset(IterableDataset):
             self.out_key: text_embed,
             f"{self.out_key}_mask": torch.arange(self.token_length) < num_tokens,
             "captions": f"synthetic sample {index}",
+            "sample_keys": f"synthetic/{index}",
         }
         for resolution in self.resolutions:
             factor = top // resolution

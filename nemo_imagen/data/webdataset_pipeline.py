@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nemo_imagen.data.samples import SKIP_KINDS, SampleDecoder, SampleError, collate
 from nemo_imagen.data.shards import Partition, ShardReadError, expand_shard_paths, iter_shard, partition_shards
 from nemo_imagen.data.transforms import ImageTransform
+from nemo_imagen.text.config import SERVER
+from nemo_imagen.text.embedding_client import EmbeddingClient, build_embedding_client
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ class ImagenWebDataset(IterableDataset):
         seed: base seed; shard order, shuffling and augmentations depend on (seed, epoch, rank, worker).
         infinite: resample shards forever instead of one pass per epoch.
         shuffle_buffer: samples in each worker's shuffle buffer (<= 1: no sample shuffling).
+        embedding_client: when given (``online_encoding: server``), each batch's captions are embedded by the
+            servers from inside the worker and the batch carries ``{out_key}`` and ``{out_key}_mask``.
+        out_key: ``conditioning.out_key``.
     """
 
     def __init__(
@@ -109,6 +114,8 @@ class ImagenWebDataset(IterableDataset):
         seed: int = 1234,
         infinite: bool = False,
         shuffle_buffer: int = 1000,
+        embedding_client: Optional[EmbeddingClient] = None,
+        out_key: str = "t5_text",
     ):
         super().__init__()
         if micro_batch_size <= 0:
@@ -123,6 +130,8 @@ class ImagenWebDataset(IterableDataset):
         self.seed = seed
         self.infinite = infinite
         self.shuffle_buffer = shuffle_buffer
+        self.embedding_client = embedding_client
+        self.out_key = out_key
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -136,28 +145,38 @@ class ImagenWebDataset(IterableDataset):
         where = f"rank {self.rank} worker {worker_id}"
         rng = random.Random(_worker_seed(self.seed, self.epoch, self.rank, worker_id))
         skips = SkipCounter(where)
+        if self.embedding_client is not None:  # spread the workers of all ranks over the servers
+            self.embedding_client.prefer(self.rank * num_workers + worker_id)
         stream = self._raw_samples(partition, rng, skips, where)
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, rng)
-        samples, produced = [], 0
+        samples, keys, produced = [], [], 0
         for shard, key, entries in stream:
             try:
                 samples.append(self.decoder(entries, rng))
             except SampleError as error:
                 skips.record(error.kind, shard, key, str(error))
                 continue
+            keys.append(f"{shard}/{key}")
             if len(samples) == self.micro_batch_size:
                 produced += len(samples)
-                yield collate(samples, skips.take())
-                samples = []
+                yield self._batch(samples, keys, skips)
+                samples, keys = [], []
         if samples:
             produced += len(samples)
-            yield collate(samples, skips.take())
+            yield self._batch(samples, keys, skips)
         level = logging.WARNING if skips.count else logging.INFO
         logger.log(
             level, "data (%s): epoch %d done: %d samples, %d skipped %s",
             where, self.epoch, produced, skips.count, _nonzero(skips.total),
         )
+
+    def _batch(self, samples: List[Dict], keys: List[str], skips: SkipCounter) -> Dict:
+        batch = collate(samples, skips.take())
+        batch["sample_keys"] = keys
+        if self.embedding_client is not None:
+            batch[self.out_key], batch[f"{self.out_key}_mask"] = self.embedding_client.encode(batch["captions"])
+        return batch
 
     def _raw_samples(
         self, partition: Partition, rng: random.Random, skips: SkipCounter, where: str
@@ -247,7 +266,8 @@ def build_train_dataloader(
         data_cfg: ``DataConfig`` (``model.data``), or a DictConfig of the same shape.
         cond_cfg: ``ConditioningConfig`` (``model.conditioning``): with ``online_encoding`` False the
             samples must carry ``{precached_key}.npy`` (read and padded/trimmed to ``token_length``);
-            with True only captions are read.
+            with True only captions are read; with ``server`` each worker also embeds its batches' captions
+            through ``text.embedding_client`` (``conditioning.server_urls``).
         micro_batch_size: B.
         rank, world_size: data-parallel position (each rank reads a disjoint part of the data).
         seed: base seed of shard order, shuffling and augmentations.
@@ -257,7 +277,8 @@ def build_train_dataloader(
         (R = max target resolution), ``images_{r}`` ``[B, 3, r, r]`` for every r in
         ``data.train.target_resolutions`` (bicubic downsamples of ``images``; ``images_{R}`` is
         ``images``), ``captions`` (B str), ``{out_key}`` ``[B, L, D]`` float32 and ``{out_key}_mask``
-        ``[B, L]`` bool (precached embeddings only), ``skipped`` ``{kind: count}`` (samples the
+        ``[B, L]`` bool (precached or server embeddings), ``sample_keys`` (B str ``{shard}/{key}``: which sample
+        each row is; keys the training noise), ``skipped`` ``{kind: count}`` (samples the
         producing worker dropped since its previous batch; kinds in ``samples.SKIP_KINDS``).
 
     Raises:
@@ -288,12 +309,16 @@ def build_train_dataloader(
         seed=seed,
         infinite=data_cfg.webdataset.infinite_sampler,
         shuffle_buffer=data_cfg.webdataset.shuffle_buffer,
+        embedding_client=build_embedding_client(cond_cfg),
+        out_key=cond_cfg.out_key,
     )
     logger.info(
         "data: rank %d/%d reads %d shards (%s) with %d workers, %s mode, target resolutions %s, %s",
         rank, world_size, len(shards), shards[0] if len(shards) == 1 else f"{shards[0]} ... {shards[-1]}",
         data_cfg.num_workers, "infinite" if data_cfg.webdataset.infinite_sampler else "finite",
         list(train.target_resolutions),
-        f"embeddings from {precached_key}.npy" if precached_key else "captions only (online encoding)",
+        f"embeddings from {precached_key}.npy" if precached_key
+        else f"captions embedded by the servers {list(cond_cfg.server_urls)}" if cond_cfg.online_encoding == SERVER
+        else "captions only (online encoding)",
     )
     return ImagenDataLoader(dataset, num_workers=data_cfg.num_workers)

@@ -102,11 +102,12 @@ class ContinuousDDPM:
             return x - append_dims(sigma, x.ndim) * pred
         return pred
 
-    def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, **cond) -> torch.Tensor:
+    def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, noise=None, **cond) -> torch.Tensor:
         """Per-sample training loss: [B].
 
         x0: [B, C, H, W] clean images. t ~ U(0, 1) and eps ~ N(0, I) come from `generator`;
-        sigma: [B] VE noise levels replace the drawn t when given (logsnr = -2 ln sigma).
+        sigma: [B] VE noise levels replace the drawn t when given (logsnr = -2 ln sigma); noise: [B, C, H, W]
+        replaces the drawn eps when given.
         z = alpha x0 + sigma_t eps; the loss is `loss_type` (l1, l2, huber; see `per_sample_loss`) of
         net(z, logsnr) - target with target eps (noise) or x0 (x_start), unweighted.
         """
@@ -116,7 +117,7 @@ class ContinuousDDPM:
         else:
             log_snr = -2 * sigma.log()
         alpha, sigma_t = alpha_sigma_from_log_snr(log_snr)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        eps = noise if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         z = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma_t, x0.ndim) * eps
         pred = net(z, log_snr, **cond)
         target = eps if self.cfg.pred_objective == "noise" else x0

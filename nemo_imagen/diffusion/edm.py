@@ -78,10 +78,11 @@ class EDMPreconditioning:
         F_x = net(*self.network_input(x, sigma), **cond)
         return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * F_x
 
-    def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, **cond) -> torch.Tensor:
+    def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, noise=None, **cond) -> torch.Tensor:
         """Per-sample training loss: [B].
 
-        x0: [B, C, H, W] clean images; sigma: [B] noise levels, drawn with `sample_sigma` when None.
+        x0: [B, C, H, W] clean images; sigma: [B] noise levels, drawn with `sample_sigma` when None;
+        noise: [B, C, H, W] standard normal n, drawn from `generator` when None.
         With r = sqrt(lambda(sigma)) (D(x0 + sigma n, sigma) - x0), n ~ N(0, I) from `generator`:
           l2:    mean(r^2) = lambda mean((D - x0)^2), the paper's loss;
           l1:    mean(|r|);
@@ -91,7 +92,7 @@ class EDMPreconditioning:
         """
         if sigma is None:
             sigma = self.sample_sigma(x0.shape[0], generator=generator, device=x0.device)
-        n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        n = noise if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x = x0 + append_dims(sigma, x0.ndim) * n
         D_x = self.denoise(net, x, sigma, **cond)
         r = append_dims(self.loss_weight(sigma).sqrt(), x0.ndim) * (D_x - x0)

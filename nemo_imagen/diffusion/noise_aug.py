@@ -20,15 +20,21 @@ from .utils import append_dims
 
 
 def augment_lowres(
-    precond, lowres: torch.Tensor, sigma: torch.Tensor, generator: Optional[torch.Generator] = None
+    precond,
+    lowres: torch.Tensor,
+    sigma: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Corrupts `lowres` [B, C, h, w] at VE noise levels `sigma` [B] (> 0) with noise from `generator`.
+    """Corrupts `lowres` [B, C, h, w] at VE noise levels `sigma` [B] (> 0) with `noise` [B, C, h, w]
+    (standard normal; drawn from `generator` when None).
 
     Returns (lowres_in [B, C, h, w], lowres_noise_cond [B]): the network's view of lowres + sigma n
     under `precond` (see `network_input`)."""
     if not bool((sigma > 0).all()):
         raise ValueError(f"noise_cond_aug: augmentation sigmas must be > 0, got min {sigma.min().item()!r}")
-    noise = torch.randn(lowres.shape, generator=generator, device=lowres.device, dtype=lowres.dtype)
+    if noise is None:
+        noise = torch.randn(lowres.shape, generator=generator, device=lowres.device, dtype=lowres.dtype)
     noisy = lowres + append_dims(sigma.to(lowres.dtype), lowres.ndim) * noise
     return precond.network_input(noisy, sigma)
 

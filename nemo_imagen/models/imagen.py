@@ -22,6 +22,7 @@ from nemo_imagen.diffusion import (
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.megatron_base import MegatronImagenBase
+from nemo_imagen.models.training_noise import draw_per_sample
 from nemo_imagen.modules import build_unet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
 
@@ -123,12 +124,12 @@ class MegatronImagen(MegatronImagenBase):
             typed.data, typed.conditioning, typed.micro_batch_size, rank=rank, world_size=world, seed=typed.seed
         )
 
-    def _lowres_inputs(self, lowres: torch.Tensor, sigma: Optional[torch.Tensor], generator=None) -> Dict:
+    def _lowres_inputs(self, lowres: torch.Tensor, sigma: Optional[torch.Tensor], generator=None, noise=None) -> Dict:
         """The UNet's low-res keyword arguments for images `lowres` [B, C, h, w]: augmented at VE noise levels
-        `sigma` [B] when the stage uses noise-conditioning augmentation (sigma is then required)."""
+        `sigma` [B] (with `noise`, or noise from `generator`) when the stage uses noise-conditioning augmentation."""
         if not self.typed_cfg.noise_cond_aug:
             return {"lowres": lowres, "lowres_noise_cond": None}
-        lowres_in, lowres_noise_cond = augment_lowres(self.precond, lowres, sigma, generator)
+        lowres_in, lowres_noise_cond = augment_lowres(self.precond, lowres, sigma, generator, noise=noise)
         return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
 
     def training_step(self, batch, batch_idx):
@@ -139,17 +140,29 @@ class MegatronImagen(MegatronImagenBase):
             images = images.contiguous(memory_format=torch.channels_last)
         text_embed, text_mask = self._batch_text(batch)
         batch_size = images.shape[0]
-        cond = {}
-        if typed.is_super_resolution:
-            sigma = training_augmentation_sigma(self.precond, batch_size, device=self.device)
-            cond = self._lowres_inputs(batch[f"images_{resolutions[0]}"], sigma)
+        lowres = batch[f"images_{resolutions[0]}"] if typed.is_super_resolution else None
         if self._log_batch is None:
             count = min(batch_size, len(typed.sample_log.prompts) or 4)
-            lowres = batch[f"images_{resolutions[0]}"][:count] if typed.is_super_resolution else None
-            self._log_batch = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count], lowres)
-        drop_text = sample_drop_mask(batch_size, typed.conditioning.drop_rate, device=self.device)
+            self._log_batch = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count],
+                               None if lowres is None else lowres[:count])
+        drop_rate = typed.conditioning.drop_rate
+        cond = {}
+        if "sample_keys" in batch:  # noise keyed by sample and step: the update does not depend on the DP layout
+            draws = draw_per_sample(
+                self.precond, batch["sample_keys"], typed.seed, self.trainer.global_step, images.shape[1:], drop_rate,
+                self.device, lowres_shape=None if lowres is None else lowres.shape[1:],
+            )
+            noise_args = {"sigma": draws.sigma, "noise": draws.noise.to(images.dtype)}
+            drop_text = draws.drop_text
+            if lowres is not None:
+                cond = self._lowres_inputs(lowres, draws.lowres_sigma, noise=draws.lowres_noise)
+        else:
+            noise_args = {}
+            drop_text = sample_drop_mask(batch_size, drop_rate, device=self.device)
+            if lowres is not None:
+                cond = self._lowres_inputs(lowres, training_augmentation_sigma(self.precond, batch_size, device=self.device))
         loss = self.precond.loss(
-            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **cond
+            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **noise_args, **cond
         ).mean()
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)

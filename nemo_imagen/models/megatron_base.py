@@ -60,6 +60,15 @@ class MegatronImagenBase(ModelPT):
             self._owns_process_group = True
         if not parallel_state.model_parallel_is_initialized():
             parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+        # Data-parallel only: megatron's DP group must be Lightning's world, rank for rank (data sharding reads
+        # megatron's rank, gradient averaging uses Lightning's).
+        trainer = self._trainer
+        if trainer is not None and (self.data_parallel_size, self.data_parallel_rank) != (trainer.world_size, trainer.global_rank):
+            raise ConfigError(
+                f"trainer.devices x trainer.num_nodes: Lightning runs {trainer.world_size} processes (this is rank "
+                f"{trainer.global_rank}), but megatron.core's data-parallel group has {self.data_parallel_size} "
+                f"(rank {self.data_parallel_rank}); tensor/pipeline parallelism is not supported"
+            )
         if torch.cuda.is_available():
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 

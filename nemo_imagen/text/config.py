@@ -5,10 +5,12 @@
 objects (``OmegaConf.to_object``) or when the dataclass is built directly, and every error message
 starts with the offending key.
 """
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 _PREFIX = "conditioning"
+SERVER = "server"
+"""``online_encoding: server``: captions are embedded by PyTriton servers (``text.embedding_client``)."""
 
 
 def _is_int(value) -> bool:
@@ -31,10 +33,17 @@ class ConditioningConfig:
             ``online_encoding`` is True.
         out_key: the batch key under which precached embeddings reach the model (``[B, L, D]``);
             their mask is ``{out_key}_mask`` (``[B, L]``), as in NeMo's batches.
-        online_encoding: encode the raw captions with the frozen encoder during training instead
-            of reading precached embeddings.
+        online_encoding: ``False``: read precached embeddings; ``True``: encode the raw captions
+            with the frozen encoder in the training process; ``server``: each dataloader worker sends
+            its captions to the embedding servers in ``server_urls`` (``examples/embedding_server.py``).
         encoder_path: local Hugging Face directory of the text encoder (with its tokenizer), or the
-            name ``all-MiniLM-L6-v2``; required when ``online_encoding`` is True.
+            name ``all-MiniLM-L6-v2``; required when ``online_encoding`` is True. With ``server`` it is
+            optional (the server loads the encoder; here it only encodes sampling prompts).
+        server_urls: ``host:port`` HTTP addresses of the embedding servers (``online_encoding: server``);
+            dataloader workers are spread over them.
+        server_model_name: the model name the servers serve (``embedding_server.py --model-name``).
+        server_timeout_s: seconds one request may take before it counts as failed.
+        server_retries: further attempts after a failed request (then the worker raises).
     """
 
     embed_dim: int = 1024
@@ -42,8 +51,13 @@ class ConditioningConfig:
     drop_rate: float = 0.1
     precached_key: Optional[str] = "embeddings_t5_xxl"
     out_key: str = "t5_text"
-    online_encoding: bool = False
+    # bool or "server" (typed Any so OmegaConf accepts both)
+    online_encoding: Any = False
     encoder_path: Optional[str] = None
+    server_urls: List[str] = field(default_factory=list)
+    server_model_name: str = "text_encoder"
+    server_timeout_s: float = 60.0
+    server_retries: int = 2
 
     def __post_init__(self) -> None:
         if not _is_int(self.embed_dim) or self.embed_dim <= 0:
@@ -64,7 +78,21 @@ class ConditioningConfig:
                     f"{_PREFIX}.precached_key: {self.precached_key!r} must be a bare name such as "
                     "'embeddings_t5_xxl' (no '/' and no '.npy' extension; the shard entry is '<key>.npy')"
                 )
-        if self.online_encoding:
+        if not (isinstance(self.online_encoding, bool) or self.online_encoding == SERVER):
+            raise ValueError(
+                f"{_PREFIX}.online_encoding: {self.online_encoding!r} is not one of True, False, {SERVER!r}"
+            )
+        if self.online_encoding == SERVER:
+            if not self.server_urls or not all(isinstance(url, str) and url for url in self.server_urls):
+                raise ValueError(
+                    f"{_PREFIX}.server_urls: {list(self.server_urls)!r} must list the embedding servers' host:port "
+                    f"addresses when {_PREFIX}.online_encoding is {SERVER!r}"
+                )
+            if isinstance(self.server_timeout_s, bool) or not isinstance(self.server_timeout_s, (int, float)) or self.server_timeout_s <= 0:
+                raise ValueError(f"{_PREFIX}.server_timeout_s: {self.server_timeout_s!r} is not a positive number")
+            if not _is_int(self.server_retries) or self.server_retries < 0:
+                raise ValueError(f"{_PREFIX}.server_retries: {self.server_retries!r} is not a non-negative integer")
+        elif self.online_encoding:
             if not self.encoder_path:
                 raise ValueError(
                     f"{_PREFIX}.encoder_path: must be set when {_PREFIX}.online_encoding is True "
