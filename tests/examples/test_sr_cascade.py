@@ -124,3 +124,30 @@ def test_wrong_or_missing_stage_files_are_named(cascade, tmp_path):
     cut = run_example("sample.py", f"base_ckpt={base}", f"sr256_ckpt={truncated}", "target_resolution=256",
                       "prompts=[x]", check=False)
     assert cut.returncode == 2 and "sr256_ckpt" in cut.stderr + cut.stdout and "Traceback" not in cut.stderr
+
+
+def test_evaluate_sr_reports_psnr_of_the_stage_and_of_bicubic(sr_run):
+    """The bicubic figure is recomputed here from the shard with numpy (PIL's bicubic downsample as in training,
+    torch's bicubic upsample as the UNet's input): the script must report the same number."""
+    import io
+    import tarfile
+
+    root, result = sr_run
+    nemo = result.stdout.split("model: ")[1].split()[0]
+    shard = root / "demo" / "val-000000.tar"
+    out = run_example("evaluate_sr.py", "--ckpt", nemo, "--shards", str(shard), "--num_images", "4", "--steps", "2",
+                      "--batch_size", "2").stdout
+    reported_model = float(re.search(r"psnr model: ([0-9.]+) dB", out).group(1))
+    reported_bicubic = float(re.search(r"psnr bicubic: ([0-9.]+) dB", out).group(1))
+    with tarfile.open(shard) as tar:
+        jpgs = [tar.extractfile(member).read() for member in tar.getmembers() if member.name.endswith(".jpg")][:4]
+    values = []
+    for data in jpgs:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        truth = np.asarray(image, dtype=np.float64) / 255.0
+        low = torch.from_numpy(np.asarray(image.resize((64, 64), Image.BICUBIC), dtype=np.float32) / 127.5 - 1)
+        up = torch.nn.functional.interpolate(low.permute(2, 0, 1)[None], size=(256, 256), mode="bicubic")
+        up = (up[0].permute(1, 2, 0).clamp(-1, 1).double().numpy() + 1) / 2
+        values.append(10 * np.log10(1.0 / np.mean((up - truth) ** 2)))
+    assert reported_bicubic == pytest.approx(np.mean(values), abs=0.006)  # printed with 2 decimals
+    assert 5 < reported_model < 60 and "images: 4 (64 -> 256)" in out
