@@ -265,7 +265,7 @@ class MegatronImagen(MegatronImagenBase):
         """text_embed: [B, L, D], text_mask: [B, L] -> images [B, C, H, W] in [-1, 1] (H = W = unet.image_size).
 
         A super-resolution stage also needs `lowres` [B, C, h, w] in [-1, 1] with h = w = its
-        `low_resolution`; with noise-conditioning augmentation it is corrupted at `noise_cond_aug_sigma`
+        `low_resolution` (or, for a stage trained on crops, the crops' low-res size; H = W = h x upscale); with noise-conditioning augmentation it is corrupted at `noise_cond_aug_sigma`
         (default: `model.noise_cond_aug_sigma`, else the preconditioning's sigma_min) with noise from
         `generator`. Classifier-free guidance runs the conditional and unconditional halves as one batch.
         The EMA weights are used when the model has them; the UNet runs under the autocast of
@@ -281,7 +281,8 @@ class MegatronImagen(MegatronImagenBase):
         was_training = net.training
         net.eval()
         unet_cfg = self.typed_cfg.unet
-        shape = (batch_size, unet_cfg.channels, unet_cfg.image_size, unet_cfg.image_size)
+        side = unet_cfg.image_size if lowres is None else lowres.shape[-1] * self.typed_cfg.upscale_factor
+        shape = (batch_size, unet_cfg.channels, side, side)
 
         def denoise(x, sigma, drop_text):
             repeat = x.shape[0] // batch_size  # 2 when guidance batches the conditional and unconditional halves
@@ -316,7 +317,11 @@ class MegatronImagen(MegatronImagenBase):
         size = typed.low_resolution
         if lowres is None:
             raise ConfigError(f"lowres: this super-resolution stage needs the {size}x{size} images of the stage below")
-        if lowres.shape[0] != batch_size or tuple(lowres.shape[1:]) != (typed.unet.channels, size, size):
+        # the full-size input, or (for a stage trained on crops, e.g. sr1024) the training crops' low-res size
+        sizes = sorted({size, typed.training_resolutions()[0]})
+        if lowres.shape[0] != batch_size or lowres.shape[1] != typed.unet.channels or lowres.shape[2:] not in [
+            (side, side) for side in sizes
+        ]:
             raise ConfigError(
                 f"lowres: this stage upscales [{batch_size}, {typed.unet.channels}, {size}, {size}] images "
                 f"(x{typed.upscale_factor} to {typed.unet.image_size}), got {list(lowres.shape)}"
