@@ -1,4 +1,5 @@
 """CLIP score: the mean cosine similarity between open_clip image and caption embeddings."""
+import zipfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -25,6 +26,10 @@ class ClipScorer:
             open_clip.add_model_config(model_config)
         if model_name not in open_clip.list_models():
             raise ValueError(f"clip.model: {model_name!r} is not an open_clip architecture")
+        if _is_torchscript(checkpoint) and not open_clip.get_model_config(model_name).get("quick_gelu", False):
+            # OpenAI's released .pt files are TorchScript archives of models trained with QuickGELU; loaded into
+            # the GELU architecture they give wrong embeddings without any error.
+            raise ValueError(f"clip.model: {checkpoint} is an OpenAI checkpoint; use {model_name}-quickgelu")
         self.device = torch.device(device)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=checkpoint, device=self.device
@@ -43,3 +48,10 @@ class ClipScorer:
         image_embeds = self.model.encode_image(pixels).double()
         text_embeds = self.model.encode_text(tokens).double()
         return torch.nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1).cpu()
+
+
+def _is_torchscript(path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())

@@ -41,3 +41,7 @@ def test_missing_checkpoint_and_unknown_model_are_named(tiny_clip, tmp_path):
         ClipScorer("ViT-L-14", str(tmp_path / "none.pt"))
     with pytest.raises(ValueError, match="clip.model: 'NoSuchCLIP'"):
         ClipScorer("NoSuchCLIP", tiny_clip[1])
+    torchscript = tmp_path / "openai_style.pt"  # OpenAI's releases are TorchScript archives (QuickGELU models)
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(torchscript))
+    with pytest.raises(ValueError, match="OpenAI checkpoint; use TinyTestCLIP-quickgelu"):
+        ClipScorer(tiny_clip[0], str(torchscript))

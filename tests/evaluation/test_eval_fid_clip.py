@@ -66,7 +66,7 @@ def overrides(nemo, demo, clip, output_dir, **extra):
         "output_dir": str(output_dir), "guidance_scales": SCALES, "batch_size": BATCH_SIZE, "device": "cpu",
         "samplings": [{"sampler": "edm", "steps": 2, "cfg": 1.0}],
         "fid": {"reference_images": [f"{demo}/train-000000.tar"], "feature_extractor": "efficientnet-lite0",
-                "batch_size": 32},
+                "batch_size": 32, "stats_cache": f"{demo}/reference_stats.npz"},  # shared: the 2nd run reads it
         "clip": {"model": name, "checkpoint": checkpoint, "model_config": config},
         **extra,
     }
@@ -124,7 +124,9 @@ def test_end_to_end_shards_rerun_csv_and_plot(quickstart, evaluator, tiny_clip, 
     capsys.readouterr()
     mtimes = {path: path.stat().st_mtime_ns for path in sharded.rglob("cfg*/*.png")}
     run(overrides(nemo, demo, tiny_clip, sharded))  # rerun: nothing left to generate, only scoring
-    assert f"cfg 3: all {NUM_IMAGES} images of this shard exist, skipped" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"cfg 3: all {NUM_IMAGES} images of this shard exist, skipped" in captured.out
+    assert "reference features" not in captured.err  # the cached reference statistics were used
     assert {path: path.stat().st_mtime_ns for path in sharded.rglob("cfg*/*.png")} == mtimes
     assert (sharded / "fid_clip.csv").read_bytes() == (whole / "fid_clip.csv").read_bytes()
 
@@ -166,7 +168,7 @@ def test_bad_key_and_other_settings_in_the_same_output_dir_are_named(quickstart,
         evaluator.eval_config_from(OmegaConf.create({**overrides(nemo, demo, tiny_clip, tmp_path), "fid": {"typo": 1}}))
     with pytest.raises(ConfigError, match="shard: 2"):
         evaluator.eval_config_from(OmegaConf.create(overrides(nemo, demo, tiny_clip, tmp_path, shard=2, num_shards=2)))
-    values = overrides(nemo, demo, tiny_clip, tmp_path, num_shards=4, shard=3)
+    values = overrides(nemo, demo, tiny_clip, tmp_path, num_shards=4, shard=0)  # 2 batches: shard 0 has none
     evaluator.run_evaluation(evaluator.eval_config_from(OmegaConf.create(values)))
     values["seed"] = 1
     with pytest.raises(ConfigError, match="generation settings: .*generation_settings.json"):
