@@ -1,6 +1,5 @@
 """FID and CLIP score of a folder of generated images, against cached reference statistics."""
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch

@@ -24,7 +24,7 @@ NUM_IMAGES, BATCH_SIZE, SCALES = 8, 4, [1.5, 3.0]
 def run_script(script, *args, check=True):
     """Runs examples/<script> in a fresh interpreter after the torchvision shim (needed with the eval extra
     installed next to the CPU torch wheel, for train.py too, which does not call it itself)."""
-    launcher = textwrap.dedent(f"""
+    launcher = textwrap.dedent("""
         import runpy, sys
         from nemo_imagen.evaluation.torchvision_compat import ensure_torchvision_importable
         ensure_torchvision_importable()

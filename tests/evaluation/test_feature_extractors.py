@@ -1,5 +1,4 @@
 """The FID feature extractors load their weights files and compute what they say."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
