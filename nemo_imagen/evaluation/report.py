@@ -48,6 +48,7 @@ def plot_fid_clip(rows: List[Row], path) -> Path:
         axes.annotate(f"cfg {row.cfg:g}", (row.clip_score, row.fid), textcoords="offset points", xytext=(5, 5))
     axes.set_xlabel(f"CLIP score ({rows[0].clip_model}, mean cosine)")
     axes.set_ylabel(f"FID-{rows[0].n} ({rows[0].feature_extractor})")
+    axes.margins(0.15)  # room for the labels of the outermost points
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
