@@ -99,18 +99,11 @@ def eval_config_from(cfg) -> EvalConfig:
 
 
 def sample_config(cfg: EvalConfig) -> SampleConfig:
-    """The pipeline's config. SR checkpoints are passed only when set, and are an error with a pipeline that
-    has no SR stages."""
-    values = dict(base_ckpt=cfg.base_ckpt, target_resolution=cfg.target_resolution, samplings=cfg.samplings,
-                  encoder_path=cfg.encoder_path, thresholding=cfg.thresholding, device=cfg.device,
-                  batch_size=cfg.batch_size, seed=cfg.seed)
-    known = {item.name for item in dataclasses.fields(SampleConfig)}
-    for key in ("sr256_ckpt", "sr1024_ckpt"):
-        if getattr(cfg, key):
-            if key not in known:
-                raise ConfigError(f"{key}: this version of nemo_imagen's pipeline has no super-resolution stages")
-            values[key] = getattr(cfg, key)
-    return SampleConfig(**values)
+    """The pipeline's config: the cascade's checkpoints and how each stage samples."""
+    return SampleConfig(base_ckpt=cfg.base_ckpt, sr256_ckpt=cfg.sr256_ckpt, sr1024_ckpt=cfg.sr1024_ckpt,
+                        target_resolution=cfg.target_resolution, samplings=cfg.samplings,
+                        encoder_path=cfg.encoder_path, thresholding=cfg.thresholding, device=cfg.device,
+                        batch_size=cfg.batch_size, seed=cfg.seed)
 
 
 def stage_samplings(cfg: EvalConfig, scale: float) -> List[StageSampling]:
@@ -163,7 +156,7 @@ def generate(cfg: EvalConfig, captions: List[str], output_dir: Path) -> None:
 
         def generate_batch(batch_captions, batch_index):
             images = pipeline(batch_captions, samplings, batch_size=len(batch_captions),
-                              seed=cfg.seed + batch_index, thresholding=cfg.thresholding)
+                              seed=cfg.seed + batch_index, thresholding=cfg.thresholding, progress=False)
             return to_uint8(images)
 
         result = generate_images(scale_dir(output_dir, scale), captions, generate_batch, batch_size=cfg.batch_size,

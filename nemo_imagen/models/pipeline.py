@@ -146,6 +146,7 @@ class ImagenPipeline:
         batch_size: int = 16,
         seed: int = 0,
         thresholding: str = "dynamic",
+        progress: bool = True,
     ) -> torch.Tensor:
         """-> images [len(prompts) * num_images_per_prompt, C, H, W] in [-1, 1] at the last stage's size,
         prompt-major order.
@@ -160,7 +161,8 @@ class ImagenPipeline:
         ]
         outputs = []
         total = len(prompts) * num_images_per_prompt
-        for batch_index, start in enumerate(tqdm(range(0, total, batch_size), desc="sampling", unit="batch")):
+        starts = range(0, total, batch_size)
+        for batch_index, start in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=not progress)):
             generator = torch.Generator(device=self.stages[0].device).manual_seed(seed + batch_index)
             images = None
             for stage, (text_embed, text_mask), stage_sampling in zip(self.stages, texts, samplings):
