@@ -102,13 +102,14 @@ def test_stable_attention_and_groupnorm_stay_finite_in_bf16_on_huge_inputs(block
     torch.manual_seed(0)
     scale = 3e4  # activations far outside the usual range: fp16 would overflow at 65504
     if block == "attention":
-        q, k, v = (torch.randn(2, 2, 64, 32, dtype=torch.float64) * scale for _ in range(3))
-        reference = attention(q, k, v, mode="stable")
+        q, k, v = (torch.randn(2, 2, 64, 32).bfloat16() * scale for _ in range(3))
+        # the float32 computation on the same bf16 inputs: scores and softmax are exactly those of stable mode
+        reference = attention(q.float(), k.float(), v.float(), mode="stable")
         with torch.autocast("cpu", torch.bfloat16):
-            out = attention(q.float().bfloat16(), k.float().bfloat16(), v.float().bfloat16(), mode="stable")
+            out = attention(q, k, v, mode="stable")
         assert torch.isfinite(out).all()
-        # bf16 keeps 8 bits of mantissa: compare relative to the value scale
-        assert (out.double() - reference).abs().max() / scale < 0.05
+        # bf16 keeps 8 bits of mantissa: the output differs by the rounding of the weights and of weights @ v
+        assert (out.float() - reference).abs().max() / scale < 0.05
         return
     module = SelfAttentionBlock(64, 4, mode="stable") if block == "self" else FusedAttentionBlock(64, 32, 4, mode="stable")
     torch.nn.init.normal_(module.proj_out.weight, std=0.1)  # zero-initialised: would pass x through unchanged
