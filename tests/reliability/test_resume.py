@@ -49,15 +49,23 @@ def final_state(exp_dir):
 
 
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """One kill-and-resume trial (RELIABILITY_KILL_TRIALS=N runs N, each killed at another random point)."""
     shards = make_shards(tmp_path)
     run_example("train.py", "--config-name", "base64-500m-edm", *resume_overrides(tmp_path / "straight", shards))
+    expected = final_state(tmp_path / "straight")
+    for trial in range(int(os.environ.get("RELIABILITY_KILL_TRIALS", "1"))):
+        killed_at = kill_and_resume(tmp_path / f"killed-{trial}", shards, expected)
+        print(f"trial {trial}: killed after the checkpoint of step {killed_at}; resumed run equal bitwise")
 
-    killed_dir = tmp_path / "killed"
-    kill_after = random.Random().randint(2, MAX_STEPS - 3)
+
+def kill_and_resume(killed_dir, shards, expected) -> int:
+    rng = random.Random()
+    kill_after = rng.randint(2, MAX_STEPS - 3)
     process = start_training("--config-name", "base64-500m-edm", *resume_overrides(killed_dir, shards))
-    # wait until a `last` checkpoint of step >= kill_after exists, then kill at a random moment of the next step
-    wait_for(lambda: any(f"step={kill_after}" in path.name for path in last_checkpoints(killed_dir)), process)
-    time.sleep(random.Random().uniform(0.0, 0.3))
+    # wait until a `last` checkpoint of step kill_after exists, then kill at a random moment of what follows
+    # (the next step, or the writing of its checkpoint)
+    wait_for(lambda: any(f"step={kill_after}-" in path.name for path in last_checkpoints(killed_dir)), process)
+    time.sleep(rng.uniform(0.0, 0.3))
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -68,7 +76,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
     resumed = run_example("train.py", "--config-name", "base64-500m-edm", *resume_overrides(killed_dir, shards))
     assert "Resuming training from checkpoint" in resumed.stdout + resumed.stderr
 
-    expected, actual = final_state(tmp_path / "straight"), final_state(killed_dir)
+    actual = final_state(killed_dir)
     assert actual["global_step"] == expected["global_step"] == MAX_STEPS
     assert expected["state_dict"].keys() == actual["state_dict"].keys()
     for name, tensor in expected["state_dict"].items():  # UNet and EMA weights: bitwise
@@ -82,6 +90,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
     assert (ours["samples_read"], ours["data_epoch"], ours["batches_in_epoch"]) == (
         theirs["samples_read"], theirs["data_epoch"], theirs["batches_in_epoch"]
     ) == (2 * 2 * MAX_STEPS, 1, 8)
+    return killed_at
 
 
 def signal_overrides(exp_dir, shards):
