@@ -160,12 +160,15 @@ class ReliabilityCallback(Callback):
         if step == self._last_step:  # inside a gradient accumulation: no optimizer step yet
             return
         self._last_step = step
-        if self.received is not None:
-            name = signal.Signals(self.received).name
+        # Saving is collective under data parallelism: every rank must take the same decision (a signal may
+        # reach only some ranks, and their clocks differ), hence one any-rank reduction and one broadcast.
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            name = signal.Signals(self.received).name if self.received is not None else "a signal (other rank)"
             path = self.save_last(trainer)
             logging.info(f"reliability: {name} received; checkpoint at step {step} written to {path}; exiting")
             raise SIGTERMException(0)
-        if self.interval_s > 0 and time.monotonic() - self._last_save >= self.interval_s:
+        time_due = self.interval_s > 0 and time.monotonic() - self._last_save >= self.interval_s
+        if trainer.strategy.broadcast(time_due, src=0):
             path = self.save_last(trainer)
             logging.info(f"reliability: timed checkpoint at step {step}: {path}")
 
