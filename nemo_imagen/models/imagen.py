@@ -231,7 +231,7 @@ class MegatronImagen(MegatronImagenBase):
         if len(per_rank) == self.data_parallel_size and rank < len(per_rank):
             own = per_rank[rank]
         else:  # a different number of ranks: rank 0 carries the totals, the data stream restarts
-            own = dict(per_rank[0], batches_in_epoch=0, rng=per_rank[0]["rng"])
+            own = dict(per_rank[0], batches_in_epoch=0)
             own["samples_read"] = sum(entry["samples_read"] for entry in per_rank) if rank == 0 else 0
             own["skipped"] = {
                 kind: sum(entry["skipped"].get(kind, 0) for entry in per_rank) if rank == 0 else 0
