@@ -49,7 +49,7 @@ def shard_overrides(exp_dir, shards, max_steps, extra=()):
 
 
 def start_training(*args, **popen_kwargs) -> subprocess.Popen:
-    """examples/train.py in a new process (and process group), output to a log file next to nothing else."""
+    """examples/train.py in a new process and process group (stdout and stderr merged into .stdout)."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "train.py"), *args],
         cwd=REPO,
