@@ -8,7 +8,8 @@ from pathlib import Path
 from nemo.core.config import hydra_runner
 
 from nemo_imagen.models.images import image_grid, save_png, to_uint8
-from nemo_imagen.models.pipeline import ImagenPipeline, read_prompts, sample_config_from
+from nemo_imagen.models.pipeline import ImagenPipeline, sample_config_from
+from nemo_imagen.models.prompts import read_prompts
 from nemo_imagen.models.trainer_builder import exit_on_config_error
 
 

@@ -170,6 +170,10 @@ class DataConfig:
         synthetic_data_length: samples per rank per epoch of the synthetic data.
         train: the shards and their processing.
         webdataset: sampling mode and shuffling.
+        max_bad_fraction: the run stops (``DataFaultError``) when more than this fraction of the samples
+            a rank has read were faulty (unreadable shard, missing entry, undecodable image, caption or
+            embedding; not samples removed by ``filterings``); 1.0 = never stop.
+        bad_fraction_min_samples: the fraction is checked once a rank has read this many samples.
     """
 
     num_workers: int = 2
@@ -177,8 +181,13 @@ class DataConfig:
     synthetic_data_length: int = 10000
     train: TrainDataConfig = field(default_factory=TrainDataConfig)
     webdataset: WebdatasetConfig = field(default_factory=WebdatasetConfig)
+    max_bad_fraction: float = 0.1
+    bad_fraction_min_samples: int = 1000
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise ValueError(f"data.num_workers: {self.num_workers!r} is not a non-negative integer")
         _check_positive_int(self.synthetic_data_length, "data.synthetic_data_length")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction: {self.max_bad_fraction!r} is not in [0, 1]")
+        _check_positive_int(self.bad_fraction_min_samples, "data.bad_fraction_min_samples")

@@ -66,12 +66,11 @@ def iter_shard(path: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
                 prefix, ext = base_plus_ext(member.name)
                 if prefix is None:
                     continue
-                data = tar.extractfile(member).read()
-                if prefix != key:
+                if prefix != key:  # a new sample starts: the previous one is complete, hand it out first
                     if key is not None:
                         yield key, entries
                     key, entries = prefix, {}
-                entries[ext] = data
+                entries[ext] = tar.extractfile(member).read()
                 tar.members = []  # a streamed TarFile otherwise keeps every member's header
     except (OSError, tarfile.TarError, EOFError) as error:
         after = f" while reading sample {key!r}" if key is not None else ""

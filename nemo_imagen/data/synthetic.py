@@ -65,6 +65,25 @@ class SyntheticImageTextDataset(IterableDataset):
         return sample
 
 
+class SyntheticDataLoader(DataLoader):
+    """``DataLoader`` with the resume interface of ``ImagenDataLoader``: every epoch yields the same
+    deterministic batches, and ``set_epoch(epoch, skip_batches)`` drops the first batches of the next one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self._skip_batches = skip_batches
+
+    def __iter__(self):
+        skip, self._skip_batches = self._skip_batches, 0
+        batches = super().__iter__()
+        for _ in range(skip):
+            next(batches, None)
+        return batches
+
+
 def build_synthetic_dataloader(
     resolutions: List[int],
     channels: int,
@@ -81,4 +100,4 @@ def build_synthetic_dataloader(
     dataset = SyntheticImageTextDataset(
         resolutions, channels, token_length, embed_dim, length, seed, rank, world_size, out_key
     )
-    return DataLoader(dataset, batch_size=micro_batch_size, num_workers=num_workers, drop_last=True)
+    return SyntheticDataLoader(dataset, batch_size=micro_batch_size, num_workers=num_workers, drop_last=True)

@@ -15,6 +15,7 @@ random with replacement, forever.
 import logging
 import math
 import random
+import signal
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -150,7 +151,9 @@ class ImagenWebDataset(IterableDataset):
         stream = self._raw_samples(partition, rng, skips, where)
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, rng)
-        samples, keys, produced = [], [], 0
+        # Each batch is held back until the next one is ready, so that the skips after the last sample of the
+        # epoch (e.g. an unreadable shard read last) are reported with the final batch instead of lost.
+        samples, keys, produced, held = [], [], 0, None
         for shard, key, entries in stream:
             try:
                 samples.append(self.decoder(entries, rng))
@@ -160,11 +163,18 @@ class ImagenWebDataset(IterableDataset):
             keys.append(f"{shard}/{key}")
             if len(samples) == self.micro_batch_size:
                 produced += len(samples)
-                yield self._batch(samples, keys, skips)
-                samples, keys = [], []
+                if held is not None:
+                    yield held
+                held, samples, keys = self._batch(samples, keys, skips), [], []
         if samples:
             produced += len(samples)
-            yield self._batch(samples, keys, skips)
+            if held is not None:
+                yield held
+            held = self._batch(samples, keys, skips)
+        if held is not None:
+            for kind, count in skips.take().items():
+                held["skipped"][kind] += count
+            yield held
         level = logging.WARNING if skips.count else logging.INFO
         logger.log(
             level, "data (%s): epoch %d done: %d samples, %d skipped %s",
@@ -211,33 +221,73 @@ class ImagenWebDataset(IterableDataset):
             skips.record("read_shard", shard, None, str(error))
 
 
+# Kinds that mean broken data, as opposed to samples removed on purpose by ``data.train.filterings``.
+FAULT_KINDS = ("read_shard", "missing_key", "decode_image", "decode_caption", "bad_embedding")
+
+
+class DataFaultError(RuntimeError):
+    """The fraction of faulty samples passed ``data.max_bad_fraction``."""
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Dataloader workers leave SIGTERM / SIGUSR1 to the training process, which checkpoints and then shuts
+    them down; a worker killed by a job-wide SIGTERM would crash the run before its checkpoint."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class ImagenDataLoader(DataLoader):
     """``DataLoader`` over an ``ImagenWebDataset`` (which yields whole batches).
 
-    Each ``iter()`` starts a new epoch (``set_epoch`` chooses the next one, e.g. when resuming), and the
-    ``skipped`` counts of all batches are summed in ``skipped_total`` and logged from the main process.
+    Each ``iter()`` starts a new epoch (``set_epoch`` chooses the next one and how many of its batches to
+    skip, e.g. when resuming). The ``skipped`` counts of all batches are summed in ``skipped_total`` and
+    logged from the main process, and the run stops with ``DataFaultError`` when more than
+    ``max_bad_fraction`` of the samples read were faulty (checked from ``min_samples`` samples on).
     """
 
-    def __init__(self, dataset: ImagenWebDataset, num_workers: int = 0):
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    def __init__(
+        self, dataset: ImagenWebDataset, num_workers: int = 0, max_bad_fraction: float = 1.0, min_samples: int = 1000
+    ):
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        )
         self.skipped_total = dict.fromkeys(SKIP_KINDS, 0)
+        self.samples_total = 0
+        self.max_bad_fraction = max_bad_fraction
+        self.min_samples = min_samples
         self._next_epoch = 0
+        self._skip_batches = 0
         self._last_log = -math.inf
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The next ``iter()`` reads epoch ``epoch`` and drops its first ``skip_batches`` batches uncounted
+        (they were consumed before a resume; the stream is deterministic, so the rest continues exactly)."""
         self._next_epoch = epoch
+        self._skip_batches = skip_batches
+
+    def restore_counts(self, samples: int, skipped: Dict[str, int]) -> None:
+        """Continue the totals of a resumed run: samples delivered and samples skipped per kind."""
+        self.samples_total = int(samples)
+        self.skipped_total = {kind: int(skipped.get(kind, 0)) for kind in SKIP_KINDS}
 
     def __iter__(self) -> Iterator[Dict]:
-        epoch = self._next_epoch
+        epoch, skip = self._next_epoch, self._skip_batches
         self.dataset.set_epoch(epoch)
-        self._next_epoch += 1
-        return self._count_skips(super().__iter__(), epoch)
+        self._next_epoch, self._skip_batches = epoch + 1, 0
+        return self._count_skips(super().__iter__(), epoch, skip)
 
-    def _count_skips(self, batches: Iterator[Dict], epoch: int) -> Iterator[Dict]:
+    def _count_skips(self, batches: Iterator[Dict], epoch: int, skip: int) -> Iterator[Dict]:
         num_batches = num_samples = skipped_in_epoch = 0
         for batch in batches:
             num_batches += 1
+            if num_batches <= skip:
+                continue
             num_samples += len(batch["captions"])
+            self.samples_total += len(batch["captions"])
             new = sum(batch["skipped"].values())
             if new:
                 skipped_in_epoch += new
@@ -250,11 +300,35 @@ class ImagenDataLoader(DataLoader):
                         "data: %d samples skipped so far: %s",
                         sum(self.skipped_total.values()), _nonzero(self.skipped_total),
                     )
+                self._check_bad_fraction()
             yield batch
+        if skip > num_batches:
+            raise DataFaultError(
+                f"data: resuming epoch {epoch} at batch {skip}, but the epoch now has only {num_batches} batches; "
+                "the shards changed since the checkpoint was written"
+            )
         logger.info(
             "data: epoch %d: %d batches, %d samples, %d skipped in the batches' workers (all epochs: %s)",
-            epoch, num_batches, num_samples, skipped_in_epoch, _nonzero(self.skipped_total),
+            epoch, num_batches - skip, num_samples, skipped_in_epoch, _nonzero(self.skipped_total),
         )
+
+    def bad_fraction(self) -> float:
+        """Faulty samples / samples read (delivered + faulty), over the whole run."""
+        bad = sum(self.skipped_total[kind] for kind in FAULT_KINDS)
+        read = self.samples_total + sum(self.skipped_total.values())
+        return bad / read if read else 0.0
+
+    def _check_bad_fraction(self) -> None:
+        read = self.samples_total + sum(self.skipped_total.values())
+        fraction = self.bad_fraction()
+        if read >= self.min_samples and fraction > self.max_bad_fraction:
+            faults = {kind: self.skipped_total[kind] for kind in FAULT_KINDS if self.skipped_total[kind]}
+            raise DataFaultError(
+                f"data: {fraction:.1%} of the {read} samples read were faulty {faults}, more than "
+                f"model.data.max_bad_fraction = {self.max_bad_fraction} (checked from "
+                f"model.data.bad_fraction_min_samples = {self.min_samples} samples on); the warnings above name "
+                "the shards and samples. Fix or drop those shards, or raise max_bad_fraction"
+            )
 
 
 def build_train_dataloader(
@@ -321,4 +395,9 @@ def build_train_dataloader(
         else f"captions embedded by the servers {list(cond_cfg.server_urls)}" if cond_cfg.online_encoding == SERVER
         else "captions only (online encoding)",
     )
-    return ImagenDataLoader(dataset, num_workers=data_cfg.num_workers)
+    return ImagenDataLoader(
+        dataset,
+        num_workers=data_cfg.num_workers,
+        max_bad_fraction=data_cfg.max_bad_fraction,
+        min_samples=data_cfg.bad_fraction_min_samples,
+    )

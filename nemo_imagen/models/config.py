@@ -72,6 +72,38 @@ class SampleLogConfig:
     seed: int = 0
 
 
+@dataclass
+class ReliabilityConfig:
+    """`model.reliability` (see docs/reliability.md).
+
+    checkpoint_every_n_minutes: also write the `last` checkpoint every this many minutes of wall-clock
+        time (0 = only exp_manager's `every_n_train_steps`).
+    checkpoint_on_signals: signals that make the run write a checkpoint at the end of the current optimizer
+        step and exit with status 0 (SLURM sends SIGUSR1 before pre-emption with `--signal`, SIGTERM at it).
+    max_consecutive_nonfinite_steps: optimizer steps with a NaN/inf loss or gradient are skipped (no weight
+        or EMA update); this many in a row stop the run (0 = never stop).
+    """
+
+    checkpoint_every_n_minutes: float = 0.0
+    checkpoint_on_signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    max_consecutive_nonfinite_steps: int = 20
+
+    def __post_init__(self):
+        if self.checkpoint_every_n_minutes < 0:
+            raise ConfigError(
+                f"model.reliability.checkpoint_every_n_minutes: {self.checkpoint_every_n_minutes} must be >= 0"
+            )
+        for name in self.checkpoint_on_signals:
+            if name not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"):
+                raise ConfigError(
+                    f"model.reliability.checkpoint_on_signals: {name!r} is not one of SIGTERM, SIGUSR1, SIGUSR2, SIGINT"
+                )
+        if self.max_consecutive_nonfinite_steps < 0:
+            raise ConfigError(
+                f"model.reliability.max_consecutive_nonfinite_steps: {self.max_consecutive_nonfinite_steps} must be >= 0"
+            )
+
+
 AUTOCAST_DTYPES = {"bf16-mixed": "bfloat16", "bf16": "bfloat16", "16-mixed": "float16", "16": "float16"}
 
 
@@ -102,6 +134,7 @@ class ImagenConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     sample_log: SampleLogConfig = field(default_factory=SampleLogConfig)
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
     # Written by NeMo's ModelPT into every model config it saves.
     target: Optional[str] = None
     nemo_version: Optional[str] = None

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from nemo_imagen.data.synthetic import build_synthetic_dataloader
-from nemo_imagen.data.webdataset_pipeline import build_train_dataloader
+from nemo_imagen.data.webdataset_pipeline import FAULT_KINDS, build_train_dataloader
 from nemo_imagen.diffusion import (
     SAMPLERS,
     augment_lowres,
@@ -21,7 +21,9 @@ from nemo_imagen.diffusion import (
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
+from nemo_imagen.models.checkpointing import capture_rng_state, gather_from_ranks, restore_rng_state, step_seed
 from nemo_imagen.models.megatron_base import MegatronImagenBase
+from nemo_imagen.models.numerics import NonFiniteGuard, all_finite
 from nemo_imagen.models.training_noise import draw_per_sample
 from nemo_imagen.modules import build_unet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
@@ -49,13 +51,21 @@ class MegatronImagen(MegatronImagenBase):
         if typed.ema.enable:
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
-        self._last_ema_step = -1
         # (captions, text_embed, text_mask, lowres or None) of the first training batch, for sample grids
         self._log_batch: Optional[Tuple[List[str], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None
         # Not registered as submodules: the frozen encoder must never enter a checkpoint, and the compiled
         # UNet shares the weights of `self.unet`.
         object.__setattr__(self, "_text_encoder", None)
         object.__setattr__(self, "_compiled_unet", None)
+        # Training state that a checkpoint carries besides the weights (see on_save_checkpoint).
+        self._guard = NonFiniteGuard(typed.reliability.max_consecutive_nonfinite_steps)
+        self._loss_finite = torch.ones((), dtype=torch.bool)
+        self._step_skipped = False
+        self._skipped: Dict[str, int] = {}  # data samples dropped, per kind, over the whole run
+        self._samples_read = 0  # samples delivered to this rank's training steps, over the whole run
+        self._data_epoch, self._batches_in_epoch = 0, 0
+        self._resumed = False
+        self._last_sample_log_step = -1
 
     # ---- text ----
     @property
@@ -133,7 +143,9 @@ class MegatronImagen(MegatronImagenBase):
         return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
 
     def training_step(self, batch, batch_idx):
+        self._batches_in_epoch += 1
         typed = self.typed_cfg
+        torch.manual_seed(step_seed(typed.seed, self._data_epoch, self._batches_in_epoch, self.global_rank))
         resolutions = typed.training_resolutions()
         images = batch[f"images_{resolutions[-1]}"] if typed.is_super_resolution else batch["images"]
         if typed.channels_last:
@@ -164,30 +176,115 @@ class MegatronImagen(MegatronImagenBase):
         loss = self.precond.loss(
             self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **noise_args, **cond
         ).mean()
+        self._loss_finite = self._loss_finite.to(loss.device) & torch.isfinite(loss.detach())
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         self.log("global_step", float(self.trainer.global_step))
         self.log("consumed_samples", float(self.consumed_samples))
-        for kind, count in (batch.get("skipped") or {}).items():
-            self._skipped[kind] = self._skipped.get(kind, 0) + int(count)
-            self.log(f"data/skipped_{kind}", float(self._skipped[kind]))
+        self._samples_read += len(batch["captions"])
+        if "skipped" in batch:
+            for kind, count in batch["skipped"].items():
+                self._skipped[kind] = self._skipped.get(kind, 0) + int(count)
+            for kind, count in self._skipped.items():
+                if count:
+                    self.log(f"data/skipped_{kind}", float(count))
+            faults = sum(self._skipped.get(kind, 0) for kind in FAULT_KINDS)
+            self.log("data/bad_fraction", faults / max(1, self._samples_read + sum(self._skipped.values())))
         return loss
 
     def on_train_start(self):
-        self._skipped = {}
         if self.ema_unet is not None:
             self.ema_unet.to(self.device)
 
+    def on_train_epoch_start(self):
+        """Starts the data stream's next epoch (after a resume, on_load_checkpoint positioned it already:
+        Lightning makes the first iterator before this hook then)."""
+        if self._resumed:
+            self._resumed = False
+            return
+        self._data_epoch, self._batches_in_epoch = self.trainer.current_epoch, 0
+        if hasattr(self._train_dl, "set_epoch"):
+            self._train_dl.set_epoch(self._data_epoch)
+
+    def on_before_optimizer_step(self, optimizer):
+        """The numerical guard: a NaN/inf loss or gradient drops every gradient, so the step changes nothing."""
+        finite = all_finite(self._loss_finite, self.parameters())
+        self._loss_finite = torch.ones((), dtype=torch.bool, device=self._loss_finite.device)
+        self._step_skipped = not finite
+        if not finite:
+            for param in self.parameters():
+                param.grad = None
+            callback = self.trainer.checkpoint_callback
+            self._guard.record(False, self.trainer.global_step, getattr(callback, "last_model_path", None))
+        else:
+            self._guard.record(True, self.trainer.global_step, None)
+        self.log("numerics/skipped_steps", float(self._guard.skipped_total))
+        self.log("numerics/consecutive_skipped_steps", float(self._guard.consecutive))
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end, so that a checkpoint written at this step includes this update
+        if self.ema_unet is not None and not self._step_skipped:
+            self._update_ema(self.trainer.global_step)
+        self._step_skipped = False
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.trainer.global_step
-        if step == self._last_ema_step:  # still accumulating gradients: no optimizer step yet
-            return
-        self._last_ema_step = step
-        if self.ema_unet is not None:
-            self._update_ema(step)
         every = self.typed_cfg.sample_log.every_n_steps
-        if every > 0 and step % every == 0:
+        if every > 0 and step % every == 0 and step != self._last_sample_log_step:
+            self._last_sample_log_step = step
             self.log_sample_grid()
+
+    # ---- exact resume: what a checkpoint carries besides weights, optimizer, schedule and loop counters ----
+    def on_save_checkpoint(self, checkpoint):
+        own = {
+            "data_epoch": self._data_epoch,
+            "batches_in_epoch": self._batches_in_epoch,
+            "samples_read": self._samples_read,
+            "skipped": dict(self._skipped),
+            "rng": capture_rng_state(),
+        }
+        checkpoint["nemo_imagen"] = {"per_rank": gather_from_ranks(own), "guard": self._guard.state_dict()}
+        # Lightning writes the checkpoint inside on_train_batch_end, before it counts the current batch as
+        # completed, and on resume numbers batches from the completed count, which would put gradient
+        # accumulation one micro batch off. The data stream resumes after this batch, so count it.
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress is not None:
+            for counts in (progress["total"], progress["current"]):
+                counts["completed"] = counts["processed"]
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("nemo_imagen")
+        if state is None:  # a checkpoint of an older version: weights and optimizer only
+            return
+        self._guard.load_state_dict(state["guard"])
+        per_rank = state["per_rank"]
+        rank = self.global_rank
+        if len(per_rank) == self.data_parallel_size and rank < len(per_rank):
+            own = per_rank[rank]
+        else:  # a different number of ranks: rank 0 carries the totals, the data stream restarts
+            own = dict(per_rank[0], batches_in_epoch=0)
+            own["samples_read"] = sum(entry["samples_read"] for entry in per_rank) if rank == 0 else 0
+            own["skipped"] = {
+                kind: sum(entry["skipped"].get(kind, 0) for entry in per_rank) if rank == 0 else 0
+                for kind in per_rank[0]["skipped"]
+            }
+        self._skipped = dict(own["skipped"])
+        self._samples_read = own["samples_read"]
+        if self._trainer is None:  # loaded for sampling or export, not to train on
+            return
+        restore_rng_state(own["rng"])
+        epoch, batches = own["data_epoch"], own["batches_in_epoch"]
+        if self.typed_cfg.data.webdataset.infinite_sampler and not self.typed_cfg.data.synthetic_data:
+            # An endless random stream cannot be fast-forwarded: continue with a fresh stream of its own seed
+            # (shards are drawn with replacement anyway; see docs/reliability.md).
+            epoch, batches = epoch + 1_000_000 * (int(checkpoint["global_step"]) + 1), 0
+        self._data_epoch, self._batches_in_epoch = epoch, batches
+        self._resumed = True
+        if hasattr(self._train_dl, "set_epoch"):
+            self._train_dl.set_epoch(epoch, batches)
+        if hasattr(self._train_dl, "restore_counts"):
+            self._train_dl.restore_counts(self._samples_read, self._skipped)
 
     @torch.no_grad()
     def _update_ema(self, step: int):

@@ -8,8 +8,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from nemo_imagen.models.checkpoint_checks import check_checkpoint_file, check_stage, check_state_dict
 from nemo_imagen.models.config import ConfigError
 from nemo_imagen.models.imagen import MegatronImagen
+from nemo_imagen.models.prompts import warn_long_prompts
 from nemo_imagen.text.encoders import TextEncoder
 
 # (config key, resolution after that stage) in cascade order; target_resolution picks a prefix.
@@ -53,11 +55,7 @@ def load_stage(path: str, device: torch.device, key: str = "base_ckpt") -> Megat
     model config travels in the checkpoint's hyper-parameters; EMA weights are kept and used for sampling).
 
     A missing, unreadable or mismatched file is a clear error naming `key`, never random weights."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    if file.suffix not in (".nemo", ".ckpt"):
-        raise ConfigError(f"{key}: {path} is neither a .nemo file nor a Lightning .ckpt")
+    file = check_checkpoint_file(path, key)
     try:
         if file.suffix == ".nemo":
             model = MegatronImagen.restore_from(str(file), map_location=device, strict=True)
@@ -81,25 +79,9 @@ def model_from_lightning_checkpoint(path: Path, key: str = "ckpt") -> MegatronIm
     if cfg is None or "state_dict" not in checkpoint:
         raise ConfigError(f"{key}: {path} is not a checkpoint written by examples/train.py (no model config or weights)")
     model = MegatronImagen(cfg)
-    try:
-        missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ConfigError(f"{key}: {path} does not match its own config: {str(error).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise ConfigError(
-            f"{key}: {path} does not match its own config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    check_state_dict(model, checkpoint["state_dict"], key, path)
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
     return model
-
-
-def read_prompts(cfg: SampleConfig) -> List[str]:
-    prompts = list(cfg.prompts)
-    if cfg.prompts_file:
-        text = Path(cfg.prompts_file).read_bytes().decode("utf-8", errors="replace")
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigError("prompts: give a list of prompts or a prompts_file with one prompt per line")
-    return prompts
 
 
 class ImagenPipeline:
@@ -187,24 +169,25 @@ class ImagenPipeline:
         for stage in self.stages:
             key = (id(stage.text_encoder), stage.typed_cfg.conditioning.token_length)
             if key not in cache:
+                if stage.text_encoder is not None:
+                    warn_long_prompts(prompts, stage.text_encoder.tokenizer, key[1])
                 cache[key] = stage.encode_prompts(prompts)
             embeddings.append(cache[key])
         return embeddings
 
 
 def check_stage_role(stage: MegatronImagen, key: str, resolution: int) -> None:
-    """The file given as `key` must hold that stage: a base model for base_ckpt, an SR model making
-    `resolution` images for an SR key (catches swapped or wrong files before any sampling)."""
-    typed = stage.typed_cfg
-    wants_base = key == STAGES[0][0]
-    if wants_base == typed.is_super_resolution:
-        expected = "a base stage (unet_type base)" if wants_base else "a super-resolution stage (unet_type sr or sr-unet)"
-        raise ConfigError(f"{key}: expected {expected}, but the checkpoint holds unet_type {typed.unet_type}")
-    if typed.unet.image_size != resolution:
+    """The file given as `key` must hold that stage: a base model for base_ckpt, an SR model (`sr` or
+    `sr-unet`) for an SR key, making `resolution` images (catches swapped or wrong files before sampling)."""
+    if key == STAGES[0][0]:
+        check_stage(stage, key, unet_type="base", image_size=resolution)
+        return
+    if not stage.typed_cfg.is_super_resolution:
         raise ConfigError(
-            f"{key}: expected a stage making {resolution}x{resolution} images, but the checkpoint's "
-            f"unet.image_size is {typed.unet.image_size}"
+            f"{key}: expected a super-resolution stage (unet_type sr or sr-unet), but the checkpoint holds a "
+            f"{stage.typed_cfg.unet_type!r} stage"
         )
+    check_stage(stage, key, image_size=resolution)
 
 
 def check_cascade(stages: List[MegatronImagen]) -> None:

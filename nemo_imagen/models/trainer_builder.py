@@ -1,19 +1,28 @@
 """Lightning Trainer and NeMo exp_manager set up from a training config, the way NeMo's Megatron builders did."""
 import functools
+import os
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from nemo.utils.exp_manager import exp_manager
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_imagen.models.config import ConfigError
+from nemo_imagen.data.webdataset_pipeline import DataFaultError
+from nemo_imagen.models.checkpointing import AtomicCheckpointIO, ReliabilityCallback, tidy_checkpoint_dir
+from nemo_imagen.models.config import ConfigError, ReliabilityConfig
+from nemo_imagen.models.numerics import NonFiniteStepError
 from nemo_imagen.models.megatron_base import gradient_accumulation_steps, trainer_data_parallel_size
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """Derives gradient accumulation from the model's micro/global batch, builds the Trainer and lets
-    exp_manager attach TensorBoard, checkpointing and resume-if-exists."""
+    exp_manager attach TensorBoard, checkpointing and resume-if-exists.
+
+    Checkpoints are written atomically (``AtomicCheckpointIO``); ``ReliabilityCallback`` adds timed
+    checkpoints and checkpoint-and-exit on the signals of ``model.reliability`` (it replaces NeMo's
+    GPU-only preemption callback, which would save in the middle of a gradient accumulation)."""
     if cfg.trainer.get("logger") or cfg.trainer.get("enable_checkpointing"):
         raise ConfigError(
             "trainer.logger / trainer.enable_checkpointing: set both to False; exp_manager creates the "
@@ -27,13 +36,33 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     pl.seed_everything(cfg.model.seed, workers=True)
-    trainer = pl.Trainer(**cfg.trainer)
-    exp_manager(trainer, cfg.get("exp_manager"))
+    reliability = OmegaConf.merge(OmegaConf.structured(ReliabilityConfig), cfg.model.get("reliability") or {})
+    callback = ReliabilityCallback(reliability.checkpoint_every_n_minutes, list(reliability.checkpoint_on_signals))
+    trainer = pl.Trainer(**cfg.trainer, plugins=[AtomicCheckpointIO()], callbacks=[callback])
+    exp_cfg = cfg.get("exp_manager")
+    if exp_cfg is not None:
+        with open_dict(exp_cfg):
+            exp_cfg.create_preemption_callback = False
+        if exp_cfg.get("resume_if_exists"):
+            tidy_checkpoint_dir(_checkpoint_dir(cfg, exp_cfg))
+    exp_manager(trainer, exp_cfg)
     return trainer
 
 
+def _checkpoint_dir(cfg: DictConfig, exp_cfg: DictConfig) -> Path:
+    """Where exp_manager keeps checkpoints when resume_if_exists is set (no version folder)."""
+    dirpath = (exp_cfg.get("checkpoint_callback_params") or {}).get("dirpath")
+    if dirpath:
+        return Path(dirpath)
+    if exp_cfg.get("explicit_log_dir"):
+        return Path(exp_cfg.explicit_log_dir) / "checkpoints"
+    exp_dir = exp_cfg.get("exp_dir") or os.path.join(os.getcwd(), "nemo_experiments")
+    return Path(exp_dir) / (exp_cfg.get("name") or "default") / "checkpoints"
+
+
 def exit_on_config_error(main):
-    """A user mistake in a config or a path is reported as one line, not a stack trace."""
+    """A user mistake in a config or a path is reported as one line, not a stack trace (exit status 2); so
+    is a run stopped by its data-fault threshold or numerical guard (exit status 3)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -42,5 +71,8 @@ def exit_on_config_error(main):
         except (ConfigError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except (DataFaultError, NonFiniteStepError) as error:
+            print(f"error: the run stopped: {error}", file=sys.stderr)
+            sys.exit(3)
 
     return wrapper

@@ -116,7 +116,7 @@ def test_pipeline_equals_the_stages_run_by_hand(cascade):
 def test_wrong_or_missing_stage_files_are_named(cascade, tmp_path):
     base, sr256, _ = cascade
     swapped = run_example("sample.py", f"base_ckpt='{sr256}'", "prompts=[x]", check=False)
-    assert swapped.returncode == 2 and "base_ckpt: expected a base stage" in swapped.stderr + swapped.stdout
+    assert swapped.returncode == 2 and "base_ckpt: expected a 'base' stage" in swapped.stderr + swapped.stdout
     missing = run_example("sample.py", f"base_ckpt={base}", "target_resolution=256", "prompts=[x]", check=False)
     assert missing.returncode == 2 and "sr256_ckpt:" in missing.stderr + missing.stdout
     truncated = tmp_path / "cut.ckpt"
