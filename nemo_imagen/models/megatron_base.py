@@ -38,6 +38,24 @@ def gradient_accumulation_steps(micro_batch_size: int, global_batch_size: int, d
     return global_batch_size // per_step
 
 
+def build_optimizer(parameters, optim_cfg) -> torch.optim.AdamW:
+    """AdamW for the `optim` block (adam, adamw and fused_adam are all AdamW; fused_adam uses the fused CUDA
+    kernel when a GPU is present) over the parameters that require grad."""
+    decay, no_decay = [], []
+    for param in parameters:
+        if param.requires_grad:
+            # decay matrices and convolution kernels only, not biases, norms or null tokens
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": optim_cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = optim_cfg.name == "fused_adam" and torch.cuda.is_available()
+    return torch.optim.AdamW(
+        groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None
+    )
+
+
 class MegatronImagenBase(ModelPT):
     """Parallel state, batch arithmetic and optimizer setup for a data-parallel NeMo model."""
 
@@ -110,19 +128,7 @@ class MegatronImagenBase(ModelPT):
     # ---- optimizer ----
     def configure_optimizers(self):
         optim_cfg = self.cfg.optim
-        decay, no_decay = [], []
-        for param in self.parameters():
-            if param.requires_grad:
-                # decay matrices and convolution kernels only, not biases, norms or null tokens
-                (decay if param.ndim >= 2 else no_decay).append(param)
-        groups = [
-            {"params": decay, "weight_decay": optim_cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = optim_cfg.name == "fused_adam" and torch.cuda.is_available()
-        optimizer = torch.optim.AdamW(
-            groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None
-        )
+        optimizer = build_optimizer(self.parameters(), optim_cfg)
         if not optim_cfg.get("sched"):
             return optimizer
         sched_cfg = dict(optim_cfg.sched)

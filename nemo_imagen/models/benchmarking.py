@@ -1,0 +1,663 @@
+"""Throughput of one Imagen stage, measured the way examples/benchmark.py reports it.
+
+- Inputs are synthetic and live on the device: images in [-1, 1] and precached-style text embeddings with a
+  mask, so neither the data loader nor a text encoder is measured.
+- `train`: the training step of `MegatronImagen` (noise draw, preconditioned loss, backward, gradient
+  clipping, the configured AdamW step, EMA update) under the autocast of `model.precision`, with the UNet
+  in channels-last and compiled when the config says so.
+- `sample`: `MegatronImagen.sample` (the configured sampler, classifier-free guidance as one batch).
+- `flops`: FLOP counts only, on the meta device, so full-size models cost no memory and no time.
+- Model FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, convolutions and
+  attention; normalisation and elementwise work are not model FLOPs), not estimated.
+- Utilisation is achieved FLOP/s over a ceiling measured in the same process: a large matrix product in
+  the run's precision.
+- The peer (`compare=diffusers`) is diffusers' `UNet2DConditionModel` in DeepFloyd IF's layout (IF is
+  diffusers' Imagen-style pixel UNet: scale-shift ResBlocks, attention with the text tokens appended to the
+  image keys, attention-pooled text added to the time embedding), sized to our UNet's parameter count. It
+  runs through the same loss, optimizer, sampler and autocast on the same inputs, interleaved with ours
+  round by round so that load from other processes affects both alike.
+"""
+import contextlib
+import math
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from nemo_imagen.diffusion import SAMPLERS, THRESHOLDS, build_preconditioning, sample_drop_mask
+from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
+from nemo_imagen.models.megatron_base import build_optimizer
+from nemo_imagen.modules.attention import attention_mode
+from nemo_imagen.modules.config import UNetConfig
+from nemo_imagen.modules.unet import UNet
+
+MODES = ("train", "sample", "flops")
+PEERS = ("none", "diffusers")
+FP32_PRECISIONS = ("32", "32-true")
+# The peer's width is searched within this band around ours to bring its parameter count closest to ours.
+PEER_WIDTH_BAND = (0.75, 1.25)
+
+
+@dataclass
+class BenchConfig:
+    """The benchmark's own keys (everything else on the command line is a training-config override).
+
+    mode: train | sample | flops. compare: none | diffusers.
+    warmup: untimed steps (train) or sampling calls (sample) per model before timing.
+    steps: timed steps or sampling calls per model and round; rounds: ours and the peer alternate per round.
+    sample_batch: prompts per sampling call (guidance doubles the UNet batch).
+    ceiling_size: side of the square matrix product measuring the ceiling (0: 8192 on GPU, 2048 on CPU).
+    """
+
+    mode: str = "train"
+    compare: str = "none"
+    device: str = "auto"
+    warmup: int = 3
+    steps: int = 10
+    rounds: int = 3
+    sample_batch: int = 32
+    sampler: str = "edm"
+    sample_steps: int = 30
+    cfg_scale: float = 4.0
+    thresholding: str = "dynamic"
+    ceiling_size: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        choices = {"mode": MODES, "compare": PEERS, "sampler": tuple(SAMPLERS), "thresholding": THRESHOLDS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device: {self.device!r} is not auto, cpu or cuda[:N]")
+        for key in ("steps", "rounds", "sample_batch", "sample_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: {getattr(self, key)} must be at least 1")
+        for key in ("warmup", "ceiling_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: {getattr(self, key)} must not be negative")
+
+
+def parse_bench_config(overrides: Dict[str, str]) -> BenchConfig:
+    """{key: command-line value} -> BenchConfig; a bad key or value raises ConfigError naming it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.from_dotlist(
+            [f"{key}={value}" for key, value in overrides.items()]))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "benchmark"
+        raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------- measuring
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} requested but torch sees no CUDA device")
+    return device
+
+
+def autocast_dtype(precision) -> Optional[torch.dtype]:
+    """The autocast dtype of a Lightning precision name (None: plain float32)."""
+    name = str(precision)
+    if name in FP32_PRECISIONS:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        allowed = ", ".join((*FP32_PRECISIONS, *AUTOCAST_DTYPES))
+        raise ConfigError(f"model.precision: {name!r} is not one the benchmark runs ({allowed})")
+    return getattr(torch, AUTOCAST_DTYPES[name])
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None)
+
+
+def _cpu_sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU flash kernel that
+# scaled_dot_product_attention dispatches to on CPU; without these its attention would count as zero.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Model FLOPs of running `fn()` (matrix products, convolutions, attention; backward included if fn runs it)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class DeviceTimer:
+    """Wall time of n calls: CUDA events on a GPU (queued work included), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def seconds(self, fn: Callable[[], object], n: int) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - start
+
+
+def matmul_ceiling_tflops(device: torch.device, dtype: Optional[torch.dtype], size: int, min_seconds: float = 0.5):
+    """Achieved TFLOP/s of a size^3 matrix product in `dtype` (float32 when None), timed for >= min_seconds."""
+    dtype = dtype or torch.float32
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    timer = DeviceTimer(device)
+    timer.seconds(lambda: a @ b, 2)  # warm-up: kernel selection, page-in
+    once = timer.seconds(lambda: a @ b, 1)
+    repeats = max(3, math.ceil(min_seconds / max(once, 1e-6)))
+    seconds = timer.seconds(lambda: a @ b, repeats)
+    return 2.0 * size**3 * repeats / seconds / 1e12
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (1 GPU)"
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------- the models compared
+@dataclass
+class Contestant:
+    """One network in the comparison. `module` is the eager UNet (FLOPs, parameters); `net` is what runs
+    (the compiled module when model.inductor); both take our UNet's call signature."""
+
+    key: str  # ours | peer
+    description: str
+    module: nn.Module
+    net: Callable
+    optimizer: Optional[torch.optim.Optimizer] = None
+    ema_params: List[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def resident_bytes(self) -> int:
+        """Weights, EMA copy and optimizer state: what stays allocated between steps (grads are freed)."""
+        state = [t for s in (self.optimizer.state.values() if self.optimizer else ()) for t in s.values()
+                 if torch.is_tensor(t)]
+        return tensor_bytes(self.module.parameters()) + tensor_bytes(self.ema_params) + tensor_bytes(state)
+
+
+class DiffusersPeer(nn.Module):
+    """diffusers' UNet2DConditionModel behind our UNet's call signature
+    net(x, noise_cond, text_embed, text_mask, drop_text) -> [B, C, H, W].
+
+    Dropped samples (classifier-free guidance) get zero text with only the first token unmasked, as ours.
+    The text mask reaches diffusers' attention as `encoder_attention_mask`; its pooled-text embedding
+    (TextTimeEmbedding) has no mask argument and pools over all tokens."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, noise_cond, text_embed, text_mask, drop_text=None):
+        text_mask = text_mask.bool()
+        if drop_text is not None:
+            drop = drop_text.bool()
+            first_token = torch.arange(text_mask.shape[1], device=text_mask.device) == 0
+            text_embed = torch.where(drop[:, None, None], torch.zeros_like(text_embed), text_embed)
+            text_mask = torch.where(drop[:, None], first_token, text_mask)
+        return self.unet(
+            x, noise_cond, encoder_hidden_states=text_embed, encoder_attention_mask=text_mask, return_dict=False
+        )[0]
+
+
+def _largest_dividing(candidates, values) -> Optional[int]:
+    return next((c for c in candidates if all(v % c == 0 for v in values)), None)
+
+
+def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, width: int) -> Optional[dict]:
+    """UNet2DConditionModel arguments in DeepFloyd IF's layout with base width `width` and our levels,
+    ResBlocks per level, attention resolutions, head width and text widths; None if `width` gives no valid
+    GroupNorm / head split."""
+    channels = [width * mult for mult in cfg.channel_mult]
+    has_attention = [cfg.has_attention(level) for level in range(cfg.num_levels)]
+    attention_channels = [ch for ch, attn in zip(channels, has_attention) if attn] + [channels[-1]]
+    groups = _largest_dividing((32, 16, 8, 4), channels)
+    target_head = cfg.per_head_channels if cfg.per_head_channels > 0 else channels[-1] // cfg.num_attn_heads
+    gcd = math.gcd(*attention_channels)
+    head_dims = sorted((d for d in range(1, gcd + 1) if gcd % d == 0), key=lambda d: (abs(d - target_head), -d))
+    if groups is None or not head_dims:
+        return None
+    head_dim = head_dims[0]
+    blocks = cfg.res_blocks_per_level()
+    return dict(
+        sample_size=cfg.image_size,
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
+        down_block_types=tuple("SimpleCrossAttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in has_attention),
+        up_block_types=tuple(
+            "SimpleCrossAttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(has_attention)
+        ),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=tuple(channels),
+        layers_per_block=blocks[0] if len(set(blocks)) == 1 else tuple(blocks),
+        norm_num_groups=groups,
+        attention_head_dim=head_dim,
+        only_cross_attention=cfg.attention_type == "cross",
+        cross_attention_dim=cfg.cond_dim,
+        cross_attention_norm="group_norm" if cfg.cond_dim % 32 == 0 else None,
+        encoder_hid_dim=text_embed_dim,
+        encoder_hid_dim_type="text_proj",
+        addition_embed_type="text",
+        addition_embed_type_num_heads=max(1, cfg.cond_dim // head_dim) if cfg.cond_dim % head_dim == 0 else 1,
+        resnet_time_scale_shift="scale_shift" if cfg.scale_shift_norm else "default",
+        resnet_skip_time_act=True,
+        time_embedding_act_fn="gelu",
+        dropout=float(cfg.dropout),
+    )
+
+
+def build_diffusers_peer(cfg: UNetConfig, text_embed_dim: int, target_params: int):
+    """-> (DiffusersPeer, its kwargs): the IF-layout UNet whose parameter count is closest to target_params,
+    searching the base width in steps of 4 within PEER_WIDTH_BAND of ours (counted on the meta device)."""
+    try:
+        import diffusers
+        from diffusers import UNet2DConditionModel
+    except ImportError:
+        raise ConfigError(
+            "compare: diffusers is not installed; install the benchmark extra: pip install -e '.[bench]'"
+        ) from None
+    low, high = (int(cfg.embed_dim * bound) for bound in PEER_WIDTH_BAND)
+    best = None
+    for width in range(max(4, low - low % 4), high + 1, 4):
+        kwargs = diffusers_peer_kwargs(cfg, text_embed_dim, width)
+        if kwargs is None:
+            continue
+        with torch.device("meta"):
+            count = sum(p.numel() for p in UNet2DConditionModel(**kwargs).parameters())
+        if best is None or abs(count - target_params) < abs(best[1] - target_params):
+            best = (kwargs, count)
+    if best is None:
+        raise ConfigError(f"compare: no diffusers UNet matches model.unet (embed_dim {cfg.embed_dim})")
+    kwargs = best[0]
+    unet = UNet2DConditionModel(**kwargs)
+    description = (
+        f"diffusers {diffusers.__version__} UNet2DConditionModel, DeepFloyd IF layout, width "
+        f"{kwargs['block_out_channels'][0]}, head dim {kwargs['attention_head_dim']}, "
+        f"GroupNorm groups {kwargs['norm_num_groups']}"
+    )
+    return DiffusersPeer(unet), kwargs, description
+
+
+def _prepare(module: nn.Module, device, channels_last: bool, gradient_checkpointing: bool, compile_: bool):
+    module.to(device)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if gradient_checkpointing and hasattr(module, "unet"):
+        module.unet.enable_gradient_checkpointing()
+    return torch.compile(module) if compile_ else module
+
+
+# ---------------------------------------------------------------- synthetic inputs
+@dataclass
+class Inputs:
+    images: torch.Tensor  # [B, C, H, W] in [-1, 1]
+    text_embed: torch.Tensor  # [B, L, D]
+    text_mask: torch.Tensor  # [B, L] bool, a real prefix of varying length
+    drop_text: torch.Tensor  # [B] bool
+
+
+def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool) -> Inputs:
+    generator = torch.Generator().manual_seed(seed)
+    unet, cond = typed.unet, typed.conditioning
+    images = torch.rand(batch, unet.channels, unet.image_size, unet.image_size, generator=generator) * 2 - 1
+    text_embed = torch.randn(batch, cond.token_length, cond.embed_dim, generator=generator)
+    lengths = torch.randint(1, cond.token_length + 1, (batch, 1), generator=generator)
+    text_mask = torch.arange(cond.token_length)[None] < lengths
+    drop_text = sample_drop_mask(batch, cond.drop_rate, generator=generator)
+    images = images.to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return Inputs(images, text_embed.to(device), text_mask.to(device), drop_text.to(device))
+
+
+# ---------------------------------------------------------------- report
+class Report:
+    """Prints `key: value` lines (what the tests and users read) and keeps the numbers."""
+
+    def __init__(self, write: Callable[[str], None] = print):
+        self.write = write
+        self.values: Dict[str, object] = {}
+
+    def __call__(self, key: str, value, note: str = ""):
+        self.values[key] = value
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        self.write(f"{key}: {text}" + (f" ({note})" if note else ""))
+
+
+def _settings(report: Report, cfg: DictConfig, typed, bench: BenchConfig, device, dtype, compile_: bool):
+    report("config", cfg.get("name", "?"))
+    report("mode", bench.mode)
+    report("device", device_description(device))
+    report("torch", torch.__version__)
+    report("precision", str(typed.precision), f"autocast {dtype}" if dtype else "float32, no autocast")
+    report("resolution", typed.unet.image_size)
+    report("text_tokens", f"{typed.conditioning.token_length} x {typed.conditioning.embed_dim}")
+    report("channels_last", typed.channels_last)
+    report("compile", compile_, "model.inductor" if bench.mode == "train" else "MegatronImagen.sample runs eagerly")
+    unet = typed.unet
+    mode = attention_mode(unet.flash_attention, unet.stable_attention)
+    report("attention", f"{unet.attention_type} / {mode}",
+           "scaled_dot_product_attention" if mode == "flash" else "explicit matmul + softmax")
+    report("gradient_checkpointing", unet.gradient_checkpointing)
+
+
+def _ceiling(report: Report, bench: BenchConfig, device, dtype) -> float:
+    size = bench.ceiling_size or (8192 if device.type == "cuda" else 2048)
+    tflops = matmul_ceiling_tflops(device, dtype, size)
+    tf32 = dtype is None and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    report("ceiling_tflops", tflops, f"{dtype or torch.float32}{' (TF32)' if tf32 else ''} matmul {size}^3")
+    return tflops
+
+
+def _peak_memory(report: Report, key: str, device, peak: Optional[int], other: Optional[Contestant]):
+    if peak is None:
+        report(f"{key}.peak_memory_gib", "n/a", "CPU: torch tracks allocator peaks on CUDA only")
+        return
+    if other is not None:
+        peak -= other.resident_bytes()
+    note = "torch.cuda.max_memory_allocated" + (", the other model's weights and optimizer state subtracted"
+                                                if other is not None else "")
+    report(f"{key}.peak_memory_gib", peak / 2**30, note)
+
+
+def _timed_rounds(contestants, run_once: Callable, bench: BenchConfig, device):
+    """Warm-up, then `rounds` rounds in which each contestant runs `steps` times: {key: [seconds per round]},
+    {key: peak allocated bytes or None}."""
+    timer = DeviceTimer(device)
+    for contestant in contestants:
+        for _ in range(bench.warmup):
+            run_once(contestant)
+    seconds = {c.key: [] for c in contestants}
+    peaks = {c.key: None for c in contestants}
+    for _ in range(bench.rounds):
+        for contestant in contestants:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds[contestant.key].append(timer.seconds(lambda: run_once(contestant), bench.steps))
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                peaks[contestant.key] = max(peaks[contestant.key] or 0, peak)
+    return seconds, peaks
+
+
+def _throughput(report, contestants, seconds, peaks, flops_key, flops, images_per_call, bench, device, ceiling,
+                call_name):
+    results = {}
+    for contestant in contestants:
+        key = contestant.key
+        per_round = [images_per_call * bench.steps / s for s in seconds[key]]
+        images_per_s = images_per_call * bench.steps * bench.rounds / sum(seconds[key])
+        results[key] = images_per_s
+        report(f"{key}.images_per_s", images_per_s, "rounds: " + ", ".join(f"{v:.4g}" for v in per_round))
+        report(f"{key}.{call_name}_ms", 1000.0 * sum(seconds[key]) / (bench.steps * bench.rounds))
+        achieved = flops[key][flops_key] * images_per_s / 1e12
+        report(f"{key}.achieved_tflops", achieved, f"{flops_key} x images_per_s")
+        report(f"{key}.utilisation_pct", 100.0 * achieved / ceiling, "of ceiling_tflops")
+        other = next((c for c in contestants if c is not contestant), None)
+        _peak_memory(report, key, device, peaks[key], other)
+    if len(contestants) == 2:
+        report("ratio.images_per_s", results["ours"] / results["peer"], "ours / peer")
+        report(f"ratio.{flops_key}", flops["ours"][flops_key] / flops["peer"][flops_key], "ours / peer")
+        report("ratio.params", contestants[0].params / contestants[1].params, "ours / peer")
+
+
+def _describe(report: Report, contestant: Contestant):
+    report(f"{contestant.key}.model", contestant.description)
+    report(f"{contestant.key}.params", contestant.params)
+
+
+def _flops_line(report: Report, key: str, name: str, total: int, batch: int):
+    per_image = total / batch
+    report(f"{key}.{name}", round(per_image), f"{per_image / 1e9:.4g} GFLOP")
+    return per_image
+
+
+# ---------------------------------------------------------------- modes
+def _loss(precond, net, inputs: Inputs) -> torch.Tensor:
+    return precond.loss(
+        net, inputs.images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=inputs.drop_text
+    ).mean()
+
+
+def _train_flops(precond, module, inputs: Inputs, dtype, device) -> Dict[str, float]:
+    """FLOPs per image of a forward pass (the loss) and of a training step (loss forward + backward)."""
+    batch = inputs.images.shape[0]
+
+    def forward():
+        with torch.no_grad(), autocast(device, dtype):
+            _loss(precond, module, inputs)
+
+    def forward_backward():
+        with autocast(device, dtype):
+            loss = _loss(precond, module, inputs)
+        loss.backward()
+
+    forward_flops = count_flops(forward)
+    train_flops = count_flops(forward_backward)
+    module.zero_grad(set_to_none=True)
+    return {"forward_flops_per_image": forward_flops / batch, "train_flops_per_image": train_flops / batch}
+
+
+def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
+    from nemo_imagen.models.imagen import MegatronImagen  # NeMo import: only when a model is built
+
+    device = resolve_device(bench.device)
+    typed, _ = validate_model_config(cfg.model)
+    dtype = autocast_dtype(typed.precision)
+    if device.type == "cuda":  # as the training run (models/trainer_builder.py)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(typed.seed)
+    stage = MegatronImagen(cfg.model).to(device).train()
+    compile_ = typed.inductor
+    batch = typed.micro_batch_size
+    grad_clip = (cfg.get("trainer") or {}).get("gradient_clip_val") or 0.0
+    _settings(report, cfg, typed, bench, device, dtype, compile_)
+    report("micro_batch", batch)
+    fused = typed.optim.name == "fused_adam" and torch.cuda.is_available()
+    report("optimizer", typed.optim.name, f"AdamW, fused kernel: {'yes' if fused else 'no'}")
+    report("grad_clip", float(grad_clip))
+    report("ema", typed.ema.enable)
+    report("timing", f"warmup {bench.warmup}, {bench.rounds} rounds x {bench.steps} steps per model")
+
+    ours = Contestant(
+        "ours", f"nemo_imagen UNet ({typed.unet_type})", stage.unet, stage._net(),
+        build_optimizer(stage.unet.parameters(), typed.optim),
+        list(stage.ema_unet.parameters()) if stage.ema_unet is not None else [],
+    )
+    contestants = [ours]
+    if bench.compare == "diffusers":
+        peer_module, _, description = build_diffusers_peer(typed.unet, typed.conditioning.embed_dim, ours.params)
+        net = _prepare(peer_module, device, typed.channels_last, typed.unet.gradient_checkpointing, compile_)
+        ema = [p.detach().clone() for p in peer_module.parameters()] if typed.ema.enable else []
+        contestants.append(Contestant("peer", description, peer_module, net,
+                                      build_optimizer(peer_module.parameters(), typed.optim), ema))
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    inputs = synthetic_inputs(typed, batch, device, bench.seed, typed.channels_last)
+    ceiling = _ceiling(report, bench, device, dtype)
+
+    flops = {}
+    for contestant in contestants:
+        _describe(report, contestant)
+        flops[contestant.key] = _train_flops(stage.precond, contestant.module, inputs, dtype, device)
+        for name, per_image in flops[contestant.key].items():
+            _flops_line(report, contestant.key, name, per_image * batch, batch)
+
+    decay = typed.ema.decay
+
+    def train_step(contestant: Contestant):
+        with autocast(device, dtype):
+            loss = _loss(stage.precond, contestant.net, inputs)
+        params = [p for p in contestant.module.parameters() if p.requires_grad]
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(contestant.optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        if scaler is not None:
+            scaler.step(contestant.optimizer)
+            scaler.update()
+        else:
+            contestant.optimizer.step()
+        contestant.optimizer.zero_grad(set_to_none=True)
+        if contestant.ema_params:
+            with torch.no_grad():
+                torch._foreach_lerp_(contestant.ema_params, [p.detach() for p in params], 1.0 - decay)
+
+    seconds, peaks = _timed_rounds(contestants, train_step, bench, device)
+    _throughput(report, contestants, seconds, peaks, "train_flops_per_image", flops, batch, bench, device, ceiling,
+                "step")
+
+
+@contextlib.contextmanager
+def stage_network(stage, net: nn.Module):
+    """Within the block, `stage.sample(use_ema=False)` runs `net` (same signature as our UNet) instead of the
+    stage's own UNet: the peer goes through exactly the same sampling loop."""
+    own = stage.unet
+    stage.unet = net
+    try:
+        yield stage
+    finally:
+        stage.unet = own
+
+
+def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig):
+    """Sampling throughput of the base stage through `MegatronImagen.sample`. A cascade (64 -> 256) adds one
+    entry per super-resolution stage to `stages`, each sampled on the previous stage's images."""
+    from nemo_imagen.models.imagen import MegatronImagen
+
+    device = resolve_device(bench.device)
+    typed, _ = validate_model_config(cfg.model)
+    dtype = autocast_dtype(typed.precision)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(typed.seed)
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg.ema.enable = False  # sampling speed does not depend on which weights; no second copy needed
+    stage = MegatronImagen(model_cfg).to(device).eval()
+    batch = bench.sample_batch
+    _settings(report, cfg, typed, bench, device, dtype, False)
+    report("sample_batch", batch, f"classifier-free guidance runs {2 * batch} per UNet call"
+           if bench.cfg_scale != 1 else "no guidance")
+    report("sampler", f"{bench.sampler}, {bench.sample_steps} steps, cfg {bench.cfg_scale}, {bench.thresholding}")
+    report("timing", f"warmup {bench.warmup}, {bench.rounds} rounds x {bench.steps} sampling calls per model")
+
+    ours = Contestant("ours", f"nemo_imagen UNet ({typed.unet_type})", stage.unet, stage.unet)
+    contestants = [ours]
+    if bench.compare == "diffusers":
+        peer_module, _, description = build_diffusers_peer(typed.unet, typed.conditioning.embed_dim, ours.params)
+        _prepare(peer_module, device, typed.channels_last, False, False).eval()
+        contestants.append(Contestant("peer", description, peer_module, peer_module))
+    inputs = synthetic_inputs(typed, batch, device, bench.seed, typed.channels_last)
+    ceiling = _ceiling(report, bench, device, dtype)
+
+    def sample_once(contestant: Contestant):
+        generator = torch.Generator(device=device).manual_seed(bench.seed)
+        with stage_network(stage, contestant.net):
+            return stage.sample(
+                inputs.text_embed, inputs.text_mask, sampler=bench.sampler, steps=bench.sample_steps,
+                cfg_scale=bench.cfg_scale, thresholding=bench.thresholding, generator=generator, use_ema=False,
+            )
+
+    flops = {}
+    for contestant in contestants:
+        _describe(report, contestant)
+        total = count_flops(lambda: sample_once(contestant))
+        flops[contestant.key] = {"sample_flops_per_image": total / batch}
+        _flops_line(report, contestant.key, "sample_flops_per_image", total, batch)
+    seconds, peaks = _timed_rounds(contestants, sample_once, bench, device)
+    _throughput(report, contestants, seconds, peaks, "sample_flops_per_image", flops, batch, bench, device, ceiling,
+                "call")
+
+
+def run_flops(report: Report, cfg: DictConfig, bench: BenchConfig):
+    """FLOPs per image of a forward pass and of a training step at the config's full size, on the meta device
+    (no weights allocated, nothing timed)."""
+    typed, _ = validate_model_config(cfg.model)
+    device = torch.device("meta")
+    batch = typed.micro_batch_size
+    report("config", cfg.get("name", "?"))
+    report("mode", bench.mode)
+    report("device", "meta", "shapes only: counts, no timing")
+    report("torch", torch.__version__)
+    report("micro_batch", batch)
+    precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
+    with torch.device("meta"):
+        ours = UNet(typed.unet, text_embed_dim=typed.conditioning.embed_dim)
+    contestants = [Contestant("ours", f"nemo_imagen UNet ({typed.unet_type})", ours, ours)]
+    if bench.compare == "diffusers":
+        with torch.device("meta"):
+            peer, _, description = build_diffusers_peer(
+                typed.unet, typed.conditioning.embed_dim, contestants[0].params)
+        contestants.append(Contestant("peer", description, peer, peer))
+    inputs = synthetic_inputs(typed, batch, "cpu", bench.seed, False)
+    inputs = Inputs(*(torch.empty_like(t, device=device) for t in vars(inputs).values()))
+    flops = {}
+    for contestant in contestants:
+        _describe(report, contestant)
+        flops[contestant.key] = _train_flops(precond, contestant.module, inputs, None, torch.device("cpu"))
+        for name, per_image in flops[contestant.key].items():
+            _flops_line(report, contestant.key, name, per_image * batch, batch)
+    if len(contestants) == 2:
+        for name in flops["ours"]:
+            report(f"ratio.{name}", flops["ours"][name] / flops["peer"][name], "ours / peer")
+        report("ratio.params", contestants[0].params / contestants[1].params, "ours / peer")
+
+
+def run_benchmark(cfg: DictConfig, bench: BenchConfig, write: Callable[[str], None] = print) -> Dict[str, object]:
+    """Runs `bench.mode` on the training config `cfg` (with `model`, optionally `trainer`); prints and returns
+    the reported values."""
+    report = Report(write)
+    {"train": run_train, "sample": run_sample, "flops": run_flops}[bench.mode](report, cfg, bench)
+    if bench.mode != "flops" and resolve_device(bench.device).type == "cpu":
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        report("process_max_rss_gib", rss, "whole process, both models")
+    return report.values
