@@ -2,12 +2,14 @@
 
     python examples/benchmark.py --config-name base64-500m-edm mode=train [compare=diffusers] [overrides]
     python examples/benchmark.py --config-name base64-500m-edm mode=sample sample_batch=32 sample_steps=30
+    python examples/benchmark.py --config-name base64-500m-edm mode=sample cascade=sr256-600m-edm   # 64 -> 256
     python examples/benchmark.py --config-name base64-2b mode=flops compare=diffusers   # counts only, no memory
 
 The config is a training config from examples/conf/, composed by Hydra with the usual overrides
 (`model.micro_batch_size=64`, `trainer.precision=32`, `model.inductor=False`, ...). The benchmark's own keys
 (mode, compare, device, warmup, steps, rounds, sample_batch, sampler, sample_steps, cfg_scale, thresholding,
-ceiling_size, seed: see `BenchConfig` in nemo_imagen/models/benchmarking.py) are given the same way.
+ceiling_size, seed, cascade, cascade_steps, cascade_cfg_scale: see `BenchConfig` in
+nemo_imagen/models/benchmarking.py) are given the same way; `cascade.KEY=VALUE` overrides the cascade's SR config.
 Prints one `key: value` line per figure; docs/performance.md explains them.
 """
 import argparse
@@ -27,15 +29,27 @@ BENCH_KEYS = {f.name for f in fields(BenchConfig)}
 
 
 def split_overrides(overrides):
-    """-> ({benchmark key: value}, [training-config overrides for Hydra])."""
-    bench, hydra_overrides = {}, []
+    """-> ({benchmark key: value}, [overrides of the config], [overrides of the cascade's SR config])."""
+    bench, stage_overrides, cascade_overrides = {}, [], []
     for override in overrides:
         key, sep, value = override.partition("=")
         if sep and key in BENCH_KEYS:
             bench[key] = value
+        elif override.startswith("cascade."):
+            cascade_overrides.append(override[len("cascade."):])
         else:
-            hydra_overrides.append(override)
-    return bench, hydra_overrides
+            stage_overrides.append(override)
+    return bench, stage_overrides, cascade_overrides
+
+
+def compose_config(name, overrides):
+    """The training config `name` from examples/conf/ with Hydra overrides; a bad override exits with one line."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
 
 
 @exit_on_config_error
@@ -44,15 +58,14 @@ def main(argv=None):
     parser.add_argument("--config-name", "-cn", default="base64-500m-edm", help="a config in examples/conf/")
     parser.add_argument("overrides", nargs="*", help="key=value: benchmark keys and Hydra overrides")
     args = parser.parse_args(argv)
-    bench_values, hydra_overrides = split_overrides(args.overrides)
+    bench_values, stage_overrides, cascade_overrides = split_overrides(args.overrides)
     bench = parse_bench_config(bench_values)
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=args.config_name, overrides=hydra_overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+    if cascade_overrides and not bench.cascade:
+        print(f"error: {cascade_overrides[0]!r}: cascade.* overrides need cascade=CONFIG", file=sys.stderr)
         sys.exit(2)
-    run_benchmark(cfg, bench)
+    cfg = compose_config(args.config_name, stage_overrides)
+    cascade_cfg = compose_config(bench.cascade, cascade_overrides) if bench.cascade else None
+    run_benchmark(cfg, bench, cascade_cfg)
 
 
 if __name__ == "__main__":

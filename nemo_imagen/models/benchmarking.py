@@ -18,6 +18,7 @@
   round by round so that load from other processes affects both alike.
 """
 import contextlib
+import itertools
 import math
 import platform
 import resource
@@ -29,20 +30,27 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from nemo_imagen.diffusion import SAMPLERS, THRESHOLDS, build_preconditioning, sample_drop_mask
+from nemo_imagen.diffusion import (
+    SAMPLERS,
+    THRESHOLDS,
+    augment_lowres,
+    build_preconditioning,
+    sample_drop_mask,
+    training_augmentation_sigma,
+)
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import build_optimizer
 from nemo_imagen.modules.attention import attention_mode
+from nemo_imagen.modules import build_unet
 from nemo_imagen.modules.config import UNetConfig
-from nemo_imagen.modules.unet import UNet
 
 MODES = ("train", "sample", "flops")
 PEERS = ("none", "diffusers")
 FP32_PRECISIONS = ("32", "32-true")
-# The peer's width is searched within this band around ours to bring its parameter count closest to ours.
-PEER_WIDTH_BAND = (0.75, 1.25)
+# Steps (in units of lcm(32, head width) channels) tried on the peer's two deepest levels to match our parameters.
+PEER_WIDTH_STEPS = (-2, -1, 0, 1)
 
 
 @dataclass
@@ -53,6 +61,9 @@ class BenchConfig:
     warmup: untimed steps (train) or sampling calls (sample) per model before timing.
     steps: timed steps or sampling calls per model and round; rounds: ours and the peer alternate per round.
     sample_batch: prompts per sampling call (guidance doubles the UNet batch).
+    cascade: name of a super-resolution config sampled on the base stage's output (mode=sample), e.g.
+        sr256-600m-edm; `cascade.KEY=VALUE` on the command line overrides that config. cascade_steps and
+        cascade_cfg_scale are its sampling steps and guidance scale (same sampler).
     ceiling_size: side of the square matrix product measuring the ceiling (0: 8192 on GPU, 2048 on CPU).
     """
 
@@ -67,6 +78,9 @@ class BenchConfig:
     sample_steps: int = 30
     cfg_scale: float = 4.0
     thresholding: str = "dynamic"
+    cascade: Optional[str] = None
+    cascade_steps: int = 20
+    cascade_cfg_scale: float = 4.0
     ceiling_size: int = 0
     seed: int = 0
 
@@ -75,9 +89,13 @@ class BenchConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.cascade and self.mode != "sample":
+            raise ConfigError(f"cascade: only mode=sample samples a cascade (mode is {self.mode})")
+        if self.cascade and self.compare != "none":
+            raise ConfigError("compare: the peer runs single base stages; leave compare=none with cascade")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device: {self.device!r} is not auto, cpu or cuda[:N]")
-        for key in ("steps", "rounds", "sample_batch", "sample_steps"):
+        for key in ("steps", "rounds", "sample_batch", "sample_steps", "cascade_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: {getattr(self, key)} must be at least 1")
         for key in ("warmup", "ceiling_size"):
@@ -121,25 +139,38 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None)
 
 
-def _cpu_sdpa_flops(query, key, value, *args, **kwargs) -> int:
+def _attention_flops(query, key, value, *args, **kwargs) -> int:
+    """scores = Q K^T and out = P V."""
     return sdpa_flop_count(query, key, value)
 
 
-def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
+def _attention_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    """dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q. Model FLOPs: the fused kernels' recomputation of
+    Q K^T (which torch's own formula adds) is left out, as for any recomputation."""
+    b, h, s_q, d_q = query
+    s_k, d_v = key[2], value[3]
+    return 4 * b * h * s_q * s_k * (d_q + d_v)
 
 
-# torch's FLOP counter knows the CUDA attention kernels but not the CPU flash kernel that
-# scaled_dot_product_attention dispatches to on CPU; without these its attention would count as zero.
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+_ATTENTION_BACKWARD_OPS = [
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention_backward",
+    "_scaled_dot_product_cudnn_attention_backward",
+]
+# torch's FLOP counter does not know the CPU flash kernel that scaled_dot_product_attention uses on CPU (its
+# attention would count as zero), and counts the GPU kernels' backward with the recomputed scores. With these
+# every device counts what the plain math path (and the meta device) counts.
+ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+    **{getattr(torch.ops.aten, name): _attention_backward_flops for name in _ATTENTION_BACKWARD_OPS
+       if hasattr(torch.ops.aten, name)},
 }
 
 
 def count_flops(fn: Callable[[], object]) -> int:
     """Model FLOPs of running `fn()` (matrix products, convolutions, attention; backward included if fn runs it)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -244,24 +275,15 @@ class DiffusersPeer(nn.Module):
         )[0]
 
 
-def _largest_dividing(candidates, values) -> Optional[int]:
-    return next((c for c in candidates if all(v % c == 0 for v in values)), None)
-
-
-def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, width: int) -> Optional[dict]:
-    """UNet2DConditionModel arguments in DeepFloyd IF's layout with base width `width` and our levels,
-    ResBlocks per level, attention resolutions, head width and text widths; None if `width` gives no valid
-    GroupNorm / head split."""
-    channels = [width * mult for mult in cfg.channel_mult]
+def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, channels: List[int]) -> dict:
+    """UNet2DConditionModel arguments in DeepFloyd IF's layout with our levels (widths `channels`), ResBlocks per
+    level, attention resolutions, head width, GroupNorm groups (32) and text widths."""
     has_attention = [cfg.has_attention(level) for level in range(cfg.num_levels)]
-    attention_channels = [ch for ch, attn in zip(channels, has_attention) if attn] + [channels[-1]]
-    groups = _largest_dividing((32, 16, 8, 4), channels)
-    target_head = cfg.per_head_channels if cfg.per_head_channels > 0 else channels[-1] // cfg.num_attn_heads
-    gcd = math.gcd(*attention_channels)
-    head_dims = sorted((d for d in range(1, gcd + 1) if gcd % d == 0), key=lambda d: (abs(d - target_head), -d))
-    if groups is None or not head_dims:
-        return None
-    head_dim = head_dims[0]
+    if cfg.per_head_channels > 0:
+        head_dim = cfg.per_head_channels
+    else:  # a fixed head count: diffusers takes one head width, so use the widest that divides every level
+        attention_channels = [ch for ch, attn in zip(channels, has_attention) if attn] + [channels[-1]]
+        head_dim = math.gcd(*attention_channels) // cfg.num_attn_heads
     blocks = cfg.res_blocks_per_level()
     return dict(
         sample_size=cfg.image_size,
@@ -274,7 +296,7 @@ def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, width: int) -> O
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
         block_out_channels=tuple(channels),
         layers_per_block=blocks[0] if len(set(blocks)) == 1 else tuple(blocks),
-        norm_num_groups=groups,
+        norm_num_groups=32,
         attention_head_dim=head_dim,
         only_cross_attention=cfg.attention_type == "cross",
         cross_attention_dim=cfg.cond_dim,
@@ -282,7 +304,7 @@ def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, width: int) -> O
         encoder_hid_dim=text_embed_dim,
         encoder_hid_dim_type="text_proj",
         addition_embed_type="text",
-        addition_embed_type_num_heads=max(1, cfg.cond_dim // head_dim) if cfg.cond_dim % head_dim == 0 else 1,
+        addition_embed_type_num_heads=cfg.cond_dim // head_dim if cfg.cond_dim % head_dim == 0 else 1,
         resnet_time_scale_shift="scale_shift" if cfg.scale_shift_norm else "default",
         resnet_skip_time_act=True,
         time_embedding_act_fn="gelu",
@@ -290,9 +312,16 @@ def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, width: int) -> O
     )
 
 
-def build_diffusers_peer(cfg: UNetConfig, text_embed_dim: int, target_params: int):
-    """-> (DiffusersPeer, its kwargs): the IF-layout UNet whose parameter count is closest to target_params,
-    searching the base width in steps of 4 within PEER_WIDTH_BAND of ours (counted on the meta device)."""
+def build_diffusers_peer(typed, target_params: int):
+    """-> (DiffusersPeer, its kwargs, description) for the base stage of config `typed`: the IF-layout UNet with
+    our level widths, except that the two deepest levels (where most parameters are) may be narrowed or widened
+    by whole steps of lcm(32, head width) channels, whichever brings the parameter count closest to
+    target_params. GroupNorm groups and head width stay ours, so the same GPU kernels apply. Candidates are
+    counted on the meta device."""
+    if typed.unet_type != "base":
+        raise ConfigError(
+            f"compare: the diffusers peer is built for base stages (unet_type base), not {typed.unet_type!r}"
+        )
     try:
         import diffusers
         from diffusers import UNet2DConditionModel
@@ -300,24 +329,27 @@ def build_diffusers_peer(cfg: UNetConfig, text_embed_dim: int, target_params: in
         raise ConfigError(
             "compare: diffusers is not installed; install the benchmark extra: pip install -e '.[bench]'"
         ) from None
-    low, high = (int(cfg.embed_dim * bound) for bound in PEER_WIDTH_BAND)
+    cfg, text_embed_dim = typed.unet, typed.conditioning.embed_dim
+    ours = [cfg.level_channels(level) for level in range(cfg.num_levels)]
+    kwargs = diffusers_peer_kwargs(cfg, text_embed_dim, ours)
+    quantum = math.lcm(32, kwargs["attention_head_dim"])
     best = None
-    for width in range(max(4, low - low % 4), high + 1, 4):
-        kwargs = diffusers_peer_kwargs(cfg, text_embed_dim, width)
-        if kwargs is None:
+    for steps in itertools.product(PEER_WIDTH_STEPS, repeat=min(2, len(ours))):
+        channels = list(ours)
+        for level, step in zip(reversed(range(len(ours))), steps):
+            channels[level] += step * quantum
+        if min(channels) <= 0:
             continue
+        candidate = diffusers_peer_kwargs(cfg, text_embed_dim, channels)
         with torch.device("meta"):
-            count = sum(p.numel() for p in UNet2DConditionModel(**kwargs).parameters())
+            count = sum(p.numel() for p in UNet2DConditionModel(**candidate).parameters())
         if best is None or abs(count - target_params) < abs(best[1] - target_params):
-            best = (kwargs, count)
-    if best is None:
-        raise ConfigError(f"compare: no diffusers UNet matches model.unet (embed_dim {cfg.embed_dim})")
+            best = (candidate, count)
     kwargs = best[0]
     unet = UNet2DConditionModel(**kwargs)
     description = (
-        f"diffusers {diffusers.__version__} UNet2DConditionModel, DeepFloyd IF layout, width "
-        f"{kwargs['block_out_channels'][0]}, head dim {kwargs['attention_head_dim']}, "
-        f"GroupNorm groups {kwargs['norm_num_groups']}"
+        f"diffusers {diffusers.__version__} UNet2DConditionModel, DeepFloyd IF layout, widths "
+        f"{list(kwargs['block_out_channels'])}, head width {kwargs['attention_head_dim']}"
     )
     return DiffusersPeer(unet), kwargs, description
 
@@ -338,20 +370,46 @@ class Inputs:
     text_embed: torch.Tensor  # [B, L, D]
     text_mask: torch.Tensor  # [B, L] bool, a real prefix of varying length
     drop_text: torch.Tensor  # [B] bool
+    lowres: Optional[torch.Tensor] = None  # [B, C, h, w] in [-1, 1]: a super-resolution stage's input
 
 
-def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool) -> Inputs:
+def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, sampling: bool = False) -> Inputs:
+    """Images at the stage's training resolution (its output size when `sampling`), text embeddings with a
+    real prefix of random length, the training text-dropout mask, and for an SR stage its low-res input."""
     generator = torch.Generator().manual_seed(seed)
     unet, cond = typed.unet, typed.conditioning
-    images = torch.rand(batch, unet.channels, unet.image_size, unet.image_size, generator=generator) * 2 - 1
+    if sampling:
+        size, low = unet.image_size, typed.low_resolution
+    else:
+        resolutions = typed.training_resolutions()
+        size, low = resolutions[-1], resolutions[0] if typed.is_super_resolution else None
+    images = torch.rand(batch, unet.channels, size, size, generator=generator) * 2 - 1
     text_embed = torch.randn(batch, cond.token_length, cond.embed_dim, generator=generator)
     lengths = torch.randint(1, cond.token_length + 1, (batch, 1), generator=generator)
     text_mask = torch.arange(cond.token_length)[None] < lengths
     drop_text = sample_drop_mask(batch, cond.drop_rate, generator=generator)
+    lowres = None if low is None else torch.rand(batch, unet.channels, low, low, generator=generator) * 2 - 1
     images = images.to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return Inputs(images, text_embed.to(device), text_mask.to(device), drop_text.to(device))
+    return Inputs(images, text_embed.to(device), text_mask.to(device), drop_text.to(device),
+                  None if lowres is None else lowres.to(device))
+
+
+def lowres_inputs(typed, precond, inputs: Inputs) -> Dict[str, Optional[torch.Tensor]]:
+    """The UNet's low-res keyword arguments in a training step, as `MegatronImagen.training_step` makes them
+    (noise-conditioning augmentation at a random level); {} for a base stage. On the meta device the
+    augmentation (elementwise, no model FLOPs) is skipped and only the shapes are made."""
+    if not typed.is_super_resolution:
+        return {}
+    lowres = inputs.lowres
+    if not typed.noise_cond_aug:
+        return {"lowres": lowres, "lowres_noise_cond": None}
+    if lowres.device.type == "meta":
+        return {"lowres": lowres, "lowres_noise_cond": torch.empty(lowres.shape[0], device="meta")}
+    sigma = training_augmentation_sigma(precond, lowres.shape[0], device=lowres.device)
+    lowres_in, lowres_noise_cond = augment_lowres(precond, lowres, sigma)
+    return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
 
 
 # ---------------------------------------------------------------- report
@@ -374,7 +432,12 @@ def _settings(report: Report, cfg: DictConfig, typed, bench: BenchConfig, device
     report("device", device_description(device))
     report("torch", torch.__version__)
     report("precision", str(typed.precision), f"autocast {dtype}" if dtype else "float32, no autocast")
-    report("resolution", typed.unet.image_size)
+    if typed.is_super_resolution:
+        low, high = typed.training_resolutions() if bench.mode == "train" else (typed.low_resolution,
+                                                                                  typed.unet.image_size)
+        report("resolution", f"{low} -> {high}", f"{typed.unet_type} stage")
+    else:
+        report("resolution", typed.unet.image_size)
     report("text_tokens", f"{typed.conditioning.token_length} x {typed.conditioning.embed_dim}")
     report("channels_last", typed.channels_last)
     report("compile", compile_, "model.inductor" if bench.mode == "train" else "MegatronImagen.sample runs eagerly")
@@ -458,23 +521,24 @@ def _flops_line(report: Report, key: str, name: str, total: int, batch: int):
 
 
 # ---------------------------------------------------------------- modes
-def _loss(precond, net, inputs: Inputs) -> torch.Tensor:
+def _loss(typed, precond, net, inputs: Inputs) -> torch.Tensor:
     return precond.loss(
-        net, inputs.images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=inputs.drop_text
+        net, inputs.images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=inputs.drop_text,
+        **lowres_inputs(typed, precond, inputs),
     ).mean()
 
 
-def _train_flops(precond, module, inputs: Inputs, dtype, device) -> Dict[str, float]:
+def _train_flops(typed, precond, module, inputs: Inputs, dtype, device) -> Dict[str, float]:
     """FLOPs per image of a forward pass (the loss) and of a training step (loss forward + backward)."""
     batch = inputs.images.shape[0]
 
     def forward():
         with torch.no_grad(), autocast(device, dtype):
-            _loss(precond, module, inputs)
+            _loss(typed, precond, module, inputs)
 
     def forward_backward():
         with autocast(device, dtype):
-            loss = _loss(precond, module, inputs)
+            loss = _loss(typed, precond, module, inputs)
         loss.backward()
 
     forward_flops = count_flops(forward)
@@ -512,7 +576,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
     )
     contestants = [ours]
     if bench.compare == "diffusers":
-        peer_module, _, description = build_diffusers_peer(typed.unet, typed.conditioning.embed_dim, ours.params)
+        peer_module, _, description = build_diffusers_peer(typed, ours.params)
         net = _prepare(peer_module, device, typed.channels_last, typed.unet.gradient_checkpointing, compile_)
         ema = [p.detach().clone() for p in peer_module.parameters()] if typed.ema.enable else []
         contestants.append(Contestant("peer", description, peer_module, net,
@@ -524,7 +588,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
     flops = {}
     for contestant in contestants:
         _describe(report, contestant)
-        flops[contestant.key] = _train_flops(stage.precond, contestant.module, inputs, dtype, device)
+        flops[contestant.key] = _train_flops(typed, stage.precond, contestant.module, inputs, dtype, device)
         for name, per_image in flops[contestant.key].items():
             _flops_line(report, contestant.key, name, per_image * batch, batch)
 
@@ -532,7 +596,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
 
     def train_step(contestant: Contestant):
         with autocast(device, dtype):
-            loss = _loss(stage.precond, contestant.net, inputs)
+            loss = _loss(typed, stage.precond, contestant.net, inputs)
         params = [p for p in contestant.module.parameters() if p.requires_grad]
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -568,11 +632,17 @@ def stage_network(stage, net: nn.Module):
         stage.unet = own
 
 
-def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig):
-    """Sampling throughput of the base stage through `MegatronImagen.sample`. A cascade (64 -> 256) adds one
-    entry per super-resolution stage to `stages`, each sampled on the previous stage's images."""
-    from nemo_imagen.models.imagen import MegatronImagen
+def _build_sampling_stage(model_cfg: DictConfig, device):
+    from nemo_imagen.models.imagen import MegatronImagen  # NeMo import: only when a model is built
 
+    model_cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    model_cfg.ema.enable = False  # sampling speed does not depend on which weights; no second copy needed
+    return MegatronImagen(model_cfg).to(device).eval()
+
+
+def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg: Optional[DictConfig] = None):
+    """Sampling throughput through `MegatronImagen.sample`: one stage (an SR stage alone samples from synthetic
+    low-res images), or with `cascade_cfg` the base stage followed by that SR stage on its output."""
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
     dtype = autocast_dtype(typed.precision)
@@ -580,36 +650,55 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(typed.seed)
-    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    model_cfg.ema.enable = False  # sampling speed does not depend on which weights; no second copy needed
-    stage = MegatronImagen(model_cfg).to(device).eval()
+    stage = _build_sampling_stage(cfg.model, device)
+    upper = None
+    if cascade_cfg is not None:
+        upper = _build_sampling_stage(cascade_cfg.model, device)
+        if typed.is_super_resolution or upper.typed_cfg.low_resolution != typed.unet.image_size:
+            raise ConfigError(
+                f"cascade: {cascade_cfg.get('name')} must be a super-resolution stage taking "
+                f"{typed.unet.image_size}x{typed.unet.image_size} images from the base stage {cfg.get('name')}"
+            )
+        if autocast_dtype(upper.typed_cfg.precision) != dtype:
+            raise ConfigError("cascade.model.precision: the cascade's stages must share one precision")
     batch = bench.sample_batch
     _settings(report, cfg, typed, bench, device, dtype, False)
     report("sample_batch", batch, f"classifier-free guidance runs {2 * batch} per UNet call"
            if bench.cfg_scale != 1 else "no guidance")
     report("sampler", f"{bench.sampler}, {bench.sample_steps} steps, cfg {bench.cfg_scale}, {bench.thresholding}")
+    if upper is not None:
+        report("cascade", f"{cfg.get('name')} {typed.unet.image_size} -> {cascade_cfg.get('name')} "
+               f"{upper.typed_cfg.unet.image_size}: {bench.cascade_steps} steps, cfg {bench.cascade_cfg_scale}")
     report("timing", f"warmup {bench.warmup}, {bench.rounds} rounds x {bench.steps} sampling calls per model")
 
-    ours = Contestant("ours", f"nemo_imagen UNet ({typed.unet_type})", stage.unet, stage.unet)
+    description = f"nemo_imagen UNet ({typed.unet_type})"
+    if upper is not None:
+        description += f" + {upper.typed_cfg.unet_type} stage"
+    ours = Contestant("ours", description, stage.unet, stage.unet)
     contestants = [ours]
     if bench.compare == "diffusers":
-        peer_module, _, description = build_diffusers_peer(typed.unet, typed.conditioning.embed_dim, ours.params)
+        peer_module, _, description = build_diffusers_peer(typed, ours.params)
         _prepare(peer_module, device, typed.channels_last, False, False).eval()
         contestants.append(Contestant("peer", description, peer_module, peer_module))
-    inputs = synthetic_inputs(typed, batch, device, bench.seed, typed.channels_last)
+    inputs = synthetic_inputs(typed, batch, device, bench.seed, typed.channels_last, sampling=True)
     ceiling = _ceiling(report, bench, device, dtype)
 
     def sample_once(contestant: Contestant):
         generator = torch.Generator(device=device).manual_seed(bench.seed)
+        options = dict(sampler=bench.sampler, thresholding=bench.thresholding, generator=generator, use_ema=False)
         with stage_network(stage, contestant.net):
-            return stage.sample(
-                inputs.text_embed, inputs.text_mask, sampler=bench.sampler, steps=bench.sample_steps,
-                cfg_scale=bench.cfg_scale, thresholding=bench.thresholding, generator=generator, use_ema=False,
-            )
+            images = stage.sample(inputs.text_embed, inputs.text_mask, lowres=inputs.lowres,
+                                  steps=bench.sample_steps, cfg_scale=bench.cfg_scale, **options)
+        if upper is not None:
+            images = upper.sample(inputs.text_embed, inputs.text_mask, lowres=images, steps=bench.cascade_steps,
+                                  cfg_scale=bench.cascade_cfg_scale, **options)
+        return images
 
     flops = {}
     for contestant in contestants:
         _describe(report, contestant)
+        if upper is not None:
+            report(f"{contestant.key}.cascade_params", sum(p.numel() for p in upper.unet.parameters()))
         total = count_flops(lambda: sample_once(contestant))
         flops[contestant.key] = {"sample_flops_per_image": total / batch}
         _flops_line(report, contestant.key, "sample_flops_per_image", total, batch)
@@ -631,19 +720,18 @@ def run_flops(report: Report, cfg: DictConfig, bench: BenchConfig):
     report("micro_batch", batch)
     precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
     with torch.device("meta"):
-        ours = UNet(typed.unet, text_embed_dim=typed.conditioning.embed_dim)
+        ours = build_unet(typed.unet_type, typed.unet, typed.conditioning.embed_dim, typed.noise_cond_aug)
     contestants = [Contestant("ours", f"nemo_imagen UNet ({typed.unet_type})", ours, ours)]
     if bench.compare == "diffusers":
         with torch.device("meta"):
-            peer, _, description = build_diffusers_peer(
-                typed.unet, typed.conditioning.embed_dim, contestants[0].params)
+            peer, _, description = build_diffusers_peer(typed, contestants[0].params)
         contestants.append(Contestant("peer", description, peer, peer))
     inputs = synthetic_inputs(typed, batch, "cpu", bench.seed, False)
-    inputs = Inputs(*(torch.empty_like(t, device=device) for t in vars(inputs).values()))
+    inputs = Inputs(*(None if t is None else torch.empty_like(t, device=device) for t in vars(inputs).values()))
     flops = {}
     for contestant in contestants:
         _describe(report, contestant)
-        flops[contestant.key] = _train_flops(precond, contestant.module, inputs, None, torch.device("cpu"))
+        flops[contestant.key] = _train_flops(typed, precond, contestant.module, inputs, None, torch.device("cpu"))
         for name, per_image in flops[contestant.key].items():
             _flops_line(report, contestant.key, name, per_image * batch, batch)
     if len(contestants) == 2:
@@ -652,11 +740,15 @@ def run_flops(report: Report, cfg: DictConfig, bench: BenchConfig):
         report("ratio.params", contestants[0].params / contestants[1].params, "ours / peer")
 
 
-def run_benchmark(cfg: DictConfig, bench: BenchConfig, write: Callable[[str], None] = print) -> Dict[str, object]:
-    """Runs `bench.mode` on the training config `cfg` (with `model`, optionally `trainer`); prints and returns
-    the reported values."""
+def run_benchmark(cfg: DictConfig, bench: BenchConfig, cascade_cfg: Optional[DictConfig] = None,
+                  write: Callable[[str], None] = print) -> Dict[str, object]:
+    """Runs `bench.mode` on the training config `cfg` (with `model`, optionally `trainer`); `cascade_cfg` is the
+    config named by `bench.cascade` (mode=sample). Prints and returns the reported values."""
     report = Report(write)
-    {"train": run_train, "sample": run_sample, "flops": run_flops}[bench.mode](report, cfg, bench)
+    if bench.mode == "sample":
+        run_sample(report, cfg, bench, cascade_cfg)
+    else:
+        {"train": run_train, "flops": run_flops}[bench.mode](report, cfg, bench)
     if bench.mode != "flops" and resolve_device(bench.device).type == "cpu":
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         report("process_max_rss_gib", rss, "whole process, both models")
