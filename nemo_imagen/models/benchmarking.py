@@ -18,6 +18,7 @@
   round by round so that load from other processes affects both alike.
 """
 import contextlib
+import dataclasses
 import itertools
 import math
 import platform
@@ -51,6 +52,7 @@ PEERS = ("none", "diffusers")
 FP32_PRECISIONS = ("32", "32-true")
 # Steps (in units of lcm(32, head width) channels) tried on the peer's two deepest levels to match our parameters.
 PEER_WIDTH_STEPS = (-2, -1, 0, 1)
+PEER_PARAMS_TOLERANCE = 0.02
 
 
 @dataclass
@@ -315,8 +317,8 @@ def diffusers_peer_kwargs(cfg: UNetConfig, text_embed_dim: int, channels: List[i
 def build_diffusers_peer(typed, target_params: int):
     """-> (DiffusersPeer, its kwargs, description) for the base stage of config `typed`: the IF-layout UNet with
     our level widths, except that the two deepest levels (where most parameters are) may be narrowed or widened
-    by whole steps of lcm(32, head width) channels, whichever brings the parameter count closest to
-    target_params. GroupNorm groups and head width stay ours, so the same GPU kernels apply. Candidates are
+    by whole steps of lcm(32, head width) channels: the fewest steps that bring the parameter count within
+    PEER_PARAMS_TOLERANCE of target_params, else the count closest to it. GroupNorm groups and head width stay ours, so the same GPU kernels apply. Candidates are
     counted on the meta device."""
     if typed.unet_type != "base":
         raise ConfigError(
@@ -343,8 +345,11 @@ def build_diffusers_peer(typed, target_params: int):
         candidate = diffusers_peer_kwargs(cfg, text_embed_dim, channels)
         with torch.device("meta"):
             count = sum(p.numel() for p in UNet2DConditionModel(**candidate).parameters())
-        if best is None or abs(count - target_params) < abs(best[1] - target_params):
-            best = (candidate, count)
+        # within PEER_PARAMS_TOLERANCE, the candidate closest to our widths; otherwise the closest in size
+        miss = abs(count / target_params - 1)
+        score = (miss > PEER_PARAMS_TOLERANCE, sum(map(abs, steps)) if miss <= PEER_PARAMS_TOLERANCE else miss)
+        if best is None or score < best[1]:
+            best = (candidate, score)
     kwargs = best[0]
     unet = UNet2DConditionModel(**kwargs)
     description = (
@@ -719,8 +724,11 @@ def run_flops(report: Report, cfg: DictConfig, bench: BenchConfig):
     report("torch", torch.__version__)
     report("micro_batch", batch)
     precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
+    # The stable attention path switches autocast off, which the meta device does not support; the plain path
+    # runs the same matrix products, so it counts the same FLOPs.
+    unet_cfg = dataclasses.replace(typed.unet, stable_attention=False)
     with torch.device("meta"):
-        ours = build_unet(typed.unet_type, typed.unet, typed.conditioning.embed_dim, typed.noise_cond_aug)
+        ours = build_unet(typed.unet_type, unet_cfg, typed.conditioning.embed_dim, typed.noise_cond_aug)
     contestants = [Contestant("ours", f"nemo_imagen UNet ({typed.unet_type})", ours, ours)]
     if bench.compare == "diffusers":
         with torch.device("meta"):
