@@ -431,6 +431,14 @@ class Report:
         self.write(f"{key}: {text}" + (f" ({note})" if note else ""))
 
 
+def _backend_settings(cfg: DictConfig, device):
+    """As a training run: TF32 on (models/trainer_builder.py), cuDNN autotuning as `trainer.benchmark` says."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = bool((cfg.get("trainer") or {}).get("benchmark", False))
+
+
 def _settings(report: Report, cfg: DictConfig, typed, bench: BenchConfig, device, dtype, compile_: bool):
     report("config", cfg.get("name", "?"))
     report("mode", bench.mode)
@@ -558,9 +566,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
     dtype = autocast_dtype(typed.precision)
-    if device.type == "cuda":  # as the training run (models/trainer_builder.py)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    _backend_settings(cfg, device)
     torch.manual_seed(typed.seed)
     stage = MegatronImagen(cfg.model).to(device).train()
     compile_ = typed.inductor
@@ -586,7 +592,8 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
         ema = [p.detach().clone() for p in peer_module.parameters()] if typed.ema.enable else []
         contestants.append(Contestant("peer", description, peer_module, net,
                                       build_optimizer(peer_module.parameters(), typed.optim), ema))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    # fp16 (16-mixed) needs a loss scaler, one per model as each has its own optimizer
+    scalers = {c.key: torch.amp.GradScaler(device.type) if dtype == torch.float16 else None for c in contestants}
     inputs = synthetic_inputs(typed, batch, device, bench.seed, typed.channels_last)
     ceiling = _ceiling(report, bench, device, dtype)
 
@@ -603,6 +610,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
         with autocast(device, dtype):
             loss = _loss(typed, stage.precond, contestant.net, inputs)
         params = [p for p in contestant.module.parameters() if p.requires_grad]
+        scaler = scalers[contestant.key]
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(contestant.optimizer)
@@ -651,9 +659,7 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg:
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
     dtype = autocast_dtype(typed.precision)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    _backend_settings(cfg, device)
     torch.manual_seed(typed.seed)
     stage = _build_sampling_stage(cfg.model, device)
     upper = None
