@@ -43,6 +43,7 @@ from nemo_imagen.diffusion import (
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import build_optimizer
+from nemo_imagen.models.training_noise import draw_per_sample
 from nemo_imagen.modules.attention import attention_mode
 from nemo_imagen.modules import build_unet
 from nemo_imagen.modules.config import UNetConfig
@@ -401,20 +402,37 @@ def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, 
                   None if lowres is None else lowres.to(device))
 
 
-def lowres_inputs(typed, precond, inputs: Inputs) -> Dict[str, Optional[torch.Tensor]]:
-    """The UNet's low-res keyword arguments in a training step, as `MegatronImagen.training_step` makes them
-    (noise-conditioning augmentation at a random level); {} for a base stage. On the meta device the
-    augmentation (elementwise, no model FLOPs) is skipped and only the shapes are made."""
-    if not typed.is_super_resolution:
-        return {}
-    lowres = inputs.lowres
-    if not typed.noise_cond_aug:
-        return {"lowres": lowres, "lowres_noise_cond": None}
-    if lowres.device.type == "meta":
-        return {"lowres": lowres, "lowres_noise_cond": torch.empty(lowres.shape[0], device="meta")}
-    sigma = training_augmentation_sigma(precond, lowres.shape[0], device=lowres.device)
-    lowres_in, lowres_noise_cond = augment_lowres(precond, lowres, sigma)
-    return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
+def training_loss(typed, precond, net, inputs: Inputs, step: Optional[int]) -> torch.Tensor:
+    """The mean loss of a training step as `MegatronImagen.training_step` computes it for a batch from the data
+    loaders: each sample's noise level, noise, text-drop coin (and an SR stage's augmentation level and low-res
+    noise) drawn from its own generator keyed by (model.seed, step, sample key). step None (FLOP counting):
+    batched draws instead, which cost the same model FLOPs; on the meta device the low-res augmentation
+    (elementwise) is skipped and only its shapes are made."""
+    images, lowres, device = inputs.images, inputs.lowres, inputs.images.device
+    noise_args, drop_text, cond = {}, inputs.drop_text, {}
+    if step is not None:
+        draws = draw_per_sample(
+            precond, [f"synthetic/{i}" for i in range(images.shape[0])], typed.seed, step, images.shape[1:],
+            typed.conditioning.drop_rate, device, lowres_shape=None if lowres is None else lowres.shape[1:],
+        )
+        noise_args = {"sigma": draws.sigma, "noise": draws.noise.to(images.dtype)}
+        drop_text = draws.drop_text
+    if lowres is not None:
+        if not typed.noise_cond_aug:
+            cond = {"lowres": lowres, "lowres_noise_cond": None}
+        elif device.type == "meta":
+            cond = {"lowres": lowres, "lowres_noise_cond": torch.empty(lowres.shape[0], device="meta")}
+        elif step is not None:
+            lowres_in, noise_cond = augment_lowres(precond, lowres, draws.lowres_sigma, noise=draws.lowres_noise)
+            cond = {"lowres": lowres_in, "lowres_noise_cond": noise_cond}
+        else:
+            sigma = training_augmentation_sigma(precond, lowres.shape[0], device=device)
+            lowres_in, noise_cond = augment_lowres(precond, lowres, sigma)
+            cond = {"lowres": lowres_in, "lowres_noise_cond": noise_cond}
+    return precond.loss(
+        net, images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=drop_text,
+        **noise_args, **cond,
+    ).mean()
 
 
 # ---------------------------------------------------------------- report
@@ -534,24 +552,17 @@ def _flops_line(report: Report, key: str, name: str, total: int, batch: int):
 
 
 # ---------------------------------------------------------------- modes
-def _loss(typed, precond, net, inputs: Inputs) -> torch.Tensor:
-    return precond.loss(
-        net, inputs.images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=inputs.drop_text,
-        **lowres_inputs(typed, precond, inputs),
-    ).mean()
-
-
 def _train_flops(typed, precond, module, inputs: Inputs, dtype, device) -> Dict[str, float]:
     """FLOPs per image of a forward pass (the loss) and of a training step (loss forward + backward)."""
     batch = inputs.images.shape[0]
 
     def forward():
         with torch.no_grad(), autocast(device, dtype):
-            _loss(typed, precond, module, inputs)
+            training_loss(typed, precond, module, inputs, None)
 
     def forward_backward():
         with autocast(device, dtype):
-            loss = _loss(typed, precond, module, inputs)
+            loss = training_loss(typed, precond, module, inputs, None)
         loss.backward()
 
     forward_flops = count_flops(forward)
@@ -606,9 +617,13 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
 
     decay = typed.ema.decay
 
+    steps_done = {c.key: 0 for c in contestants}
+
     def train_step(contestant: Contestant):
+        step = steps_done[contestant.key]
+        steps_done[contestant.key] += 1
         with autocast(device, dtype):
-            loss = _loss(typed, stage.precond, contestant.net, inputs)
+            loss = training_loss(typed, stage.precond, contestant.net, inputs, step)
         params = [p for p in contestant.module.parameters() if p.requires_grad]
         scaler = scalers[contestant.key]
         if scaler is not None:
