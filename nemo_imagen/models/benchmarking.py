@@ -43,6 +43,7 @@ from nemo_imagen.diffusion import (
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import build_optimizer
+from nemo_imagen.models.numerics import all_finite
 from nemo_imagen.models.training_noise import draw_per_sample
 from nemo_imagen.modules.attention import attention_mode
 from nemo_imagen.modules import build_unet
@@ -633,6 +634,10 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
             loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        # the training run's numerical guard (one host sync per step): a non-finite step changes nothing
+        if not all_finite(torch.isfinite(loss.detach()), params):
+            contestant.optimizer.zero_grad(set_to_none=True)
+            return
         if scaler is not None:
             scaler.step(contestant.optimizer)
             scaler.update()
