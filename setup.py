@@ -37,13 +37,15 @@ EXPORT = ["onnxscript>=0.5", "onnxruntime>=1.20"]
 # (NVIDIA PyTriton) need numpy<2 and run from their own environment: examples/scripts/embedding_server_requirements.txt.
 SERVER_CLIENT = ["tritonclient[http]>=2.50"]
 
+# examples/benchmark.py compare=diffusers: the peer UNet (diffusers' UNet2DConditionModel). 0.40+ needs
+# huggingface_hub>=1, which transformers 4.51-4.52 (pinned above for NeMo) does not accept.
+BENCH = ["diffusers>=0.36,<0.40"]
+
 extras_require = {
     "export": EXPORT,
     "server": SERVER_CLIENT,
-    # examples/benchmark.py compare=diffusers: the peer UNet (diffusers' UNet2DConditionModel). 0.40+ needs
-    # huggingface_hub>=1, which transformers 4.51-4.52 (pinned above for NeMo) does not accept.
-    "bench": ["diffusers>=0.36,<0.40"],
-    "test": ["pytest>=7", "scipy", *EXPORT, *SERVER_CLIENT],
+    "bench": BENCH,
+    "test": ["pytest>=7", "scipy", *EXPORT, *SERVER_CLIENT, *BENCH],
     # FID-CLIP evaluation (examples/eval_fid_clip.py). Not in the core install: open_clip and timm need
     # torchvision, and PyPI's torchvision next to the CPU torch wheel breaks `import lightning` in any process
     # that does not first run nemo_imagen.evaluation.torchvision_compat (.ci/run gives it its own venv).
