@@ -116,3 +116,37 @@ class LowResConditioning(nn.Module):
             )
         lowres = upsample_lowres(lowres.to(x.dtype), x.shape[-2:])
         return torch.cat([x, lowres], dim=1), emb
+
+
+def check_spatial_size(x: torch.Tensor, factor: int, what: str) -> None:
+    """A fully convolutional UNet takes any H, W that its downsampling divides exactly."""
+    if x.dim() != 4 or x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"x: spatial size {tuple(x.shape[2:])} must be a multiple of {what} = {factor} in H and W"
+        )
+
+
+class SuperResolutionForward:
+    """The forward pass of both super-resolution UNets (mixed into SRUNet and EfficientUNet, before their
+    UNet base): text conditioning, then the low-res image and its augmentation level (`self.lowres_cond`,
+    a LowResConditioning), then the UNet's `trunk`. `downsampling()` -> (factor, description) says which
+    H, W the UNet takes."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_cond: torch.Tensor,
+        text_embed: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor,
+        lowres_noise_cond: torch.Tensor = None,
+        drop_text: torch.Tensor = None,
+    ) -> torch.Tensor:
+        """x: [B, C, H, W] noisy image, noise_cond: [B], text_embed: [B, L, D], text_mask: [B, L] bool,
+        lowres: [B, C, h, w] low-res image (bicubically upsampled to H, W here), lowres_noise_cond: [B]
+        augmentation level (required iff built with noise_cond_aug), drop_text: [B] bool or None
+        -> [B, C, H, W]."""
+        check_spatial_size(x, *self.downsampling())
+        emb, context, mask = self.condition(noise_cond, text_embed, text_mask, drop_text)
+        h, emb = self.lowres_cond(x, emb, lowres, lowres_noise_cond)
+        return self.trunk(h, emb, context, mask)

@@ -23,14 +23,13 @@ import torch.nn as nn
 
 from nemo_imagen.modules.attention import attention_mode, make_attention_block
 from nemo_imagen.modules.blocks import ConditionedSequential, ResBlock, StridedDownsample, StridedUpsample
-from nemo_imagen.modules.conditioning import LowResConditioning, TextConditionedUNet
+from nemo_imagen.modules.conditioning import LowResConditioning, SuperResolutionForward, TextConditionedUNet
 from nemo_imagen.modules.config import EfficientUNetConfig
-from nemo_imagen.modules.unet import check_spatial_size
 
 SKIP_SCALE = 2**-0.5
 
 
-class EfficientUNet(TextConditionedUNet):
+class EfficientUNet(SuperResolutionForward, TextConditionedUNet):
     """Efficient UNet super-resolution model.
 
     cfg: the `model.unet` block; text_embed_dim: width D of the text encoder's token states;
@@ -74,24 +73,8 @@ class EfficientUNet(TextConditionedUNet):
             self.up_levels.append(seq(up))
         self.out = nn.Conv2d(cfg.level_channels(0), cfg.channels, 1)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        noise_cond: torch.Tensor,
-        text_embed: torch.Tensor,
-        text_mask: torch.Tensor,
-        lowres: torch.Tensor,
-        lowres_noise_cond: torch.Tensor = None,
-        drop_text: torch.Tensor = None,
-    ) -> torch.Tensor:
-        """x: [B, C, H, W] noisy image, noise_cond: [B], text_embed: [B, L, D], text_mask: [B, L] bool,
-        lowres: [B, C, h, w] low-res image (bicubically upsampled to H, W here), lowres_noise_cond: [B]
-        augmentation level (required iff built with noise_cond_aug), drop_text: [B] bool or None
-        -> [B, C, H, W]."""
-        check_spatial_size(x, self.cfg.total_downsampling, "stride**(levels-1)")
-        emb, context, mask = self.condition(noise_cond, text_embed, text_mask, drop_text)
-        h, emb = self.lowres_cond(x, emb, lowres, lowres_noise_cond)
-        return self.trunk(h, emb, context, mask)
+    def downsampling(self):
+        return self.cfg.total_downsampling, "stride**(levels-1)"
 
     def trunk(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: [B, 2C, H, W], emb: [B, 4E], context: [B, L, cond_dim], mask: [B, L] bool -> [B, C, H, W]."""

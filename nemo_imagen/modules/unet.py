@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from nemo_imagen.modules.attention import attention_mode, make_attention_block
 from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample, zero_module
-from nemo_imagen.modules.conditioning import LowResConditioning, TextConditionedUNet
+from nemo_imagen.modules.conditioning import LowResConditioning, SuperResolutionForward, TextConditionedUNet
 from nemo_imagen.modules.config import UNetConfig, norm_groups
 
 
@@ -114,8 +114,7 @@ class UNet(TextConditionedUNet):
         return self.out(h)
 
 
-
-class SRUNet(UNet):
+class SRUNet(SuperResolutionForward, UNet):
     """The regular UNet as a super-resolution model (`unet_type: sr-unet`): `init_conv` takes the noisy
     image and the low-res image upsampled to its size (2 * channels); with `noise_cond_aug` the low-res
     augmentation level is embedded and added to emb. Fully convolutional: any H, W divisible by
@@ -126,29 +125,5 @@ class SRUNet(UNet):
         super().__init__(cfg, text_embed_dim, in_channels=2 * cfg.channels)
         self.lowres_cond = LowResConditioning(cfg, noise_cond_aug)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        noise_cond: torch.Tensor,
-        text_embed: torch.Tensor,
-        text_mask: torch.Tensor,
-        lowres: torch.Tensor,
-        lowres_noise_cond: torch.Tensor = None,
-        drop_text: torch.Tensor = None,
-    ) -> torch.Tensor:
-        """x: [B, C, H, W] noisy image, noise_cond: [B], text_embed: [B, L, D], text_mask: [B, L] bool,
-        lowres: [B, C, h, w] low-res image (bicubically upsampled to H, W here), lowres_noise_cond: [B]
-        augmentation level (required iff built with noise_cond_aug), drop_text: [B] bool or None
-        -> [B, C, H, W]."""
-        check_spatial_size(x, 2 ** (self.cfg.num_levels - 1), "2**(levels-1)")
-        emb, context, mask = self.condition(noise_cond, text_embed, text_mask, drop_text)
-        h, emb = self.lowres_cond(x, emb, lowres, lowres_noise_cond)
-        return self.trunk(h, emb, context, mask)
-
-
-def check_spatial_size(x: torch.Tensor, factor: int, what: str) -> None:
-    """A fully convolutional UNet takes any H, W that its downsampling divides exactly."""
-    if x.dim() != 4 or x.shape[-2] % factor or x.shape[-1] % factor:
-        raise ValueError(
-            f"x: spatial size {tuple(x.shape[2:])} must be a multiple of {what} = {factor} in H and W"
-        )
+    def downsampling(self):
+        return 2 ** (self.cfg.num_levels - 1), "2**(levels-1)"
