@@ -230,10 +230,11 @@ class DataFaultError(RuntimeError):
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """Dataloader workers leave SIGTERM / SIGUSR1 to the training process, which checkpoints and then shuts
-    them down; a worker killed by a job-wide SIGTERM would crash the run before its checkpoint."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
+    """Dataloader workers leave SIGUSR1 (SLURM's pre-emption warning, `--signal=USR1@120`, sent to every
+    process of the job) to the training process, which checkpoints and then shuts them down. SIGTERM keeps its
+    default: multiprocessing stops daemonic workers with it at exit, and a worker ignoring it hangs the exit of
+    a run that failed (e.g. on a dead embedding server)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class ImagenDataLoader(DataLoader):
