@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nemo_imagen.data.config import DataConfig
-from nemo_imagen.diffusion import preconditioning_config_class
+from nemo_imagen.diffusion import THRESHOLDS, preconditioning_config_class
 from nemo_imagen.modules import unet_config_class
 from nemo_imagen.text.config import ConditioningConfig
 
@@ -69,7 +69,14 @@ class SampleLogConfig:
     sampler: str = "edm"
     steps: int = 30
     cfg: float = 4.0
+    thresholding: str = "dynamic"  # dynamic | static | none; static suits an SR stage sampled at cfg 1
     seed: int = 0
+
+    def __post_init__(self):
+        if self.thresholding not in THRESHOLDS:
+            raise ConfigError(
+                f"model.sample_log.thresholding: {self.thresholding!r} is not one of {', '.join(THRESHOLDS)}"
+            )
 
 
 @dataclass

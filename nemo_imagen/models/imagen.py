@@ -334,6 +334,7 @@ class MegatronImagen(MegatronImagenBase):
             sampler=log_cfg.sampler,
             steps=log_cfg.steps,
             cfg_scale=log_cfg.cfg,
+            thresholding=log_cfg.thresholding,
             generator=generator,
         )
         if lowres is None:

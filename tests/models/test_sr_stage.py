@@ -29,6 +29,7 @@ def sr_cfg(config="sr256-600m-edm", **changes):
         ("sr256-400m", "preconditioning.sigma_data", 0.5, "model.preconditioning.sigma_data"),  # an EDM key under DDPM  # and the other way round
         ("sr256-600m-edm", "noise_cond_aug_sigma", 0.0, "model.noise_cond_aug_sigma"),
         ("base64-500m-edm", "noise_cond_aug", True, "model.noise_cond_aug"),
+        ("quickstart-sr256", "sample_log.thresholding", "dynamc", "model.sample_log.thresholding"),
     ],
 )
 def test_bad_sr_settings_name_the_key(config, key, value, words):
@@ -38,7 +39,10 @@ def test_bad_sr_settings_name_the_key(config, key, value, words):
         validate_model_config(cfg)
 
 
-@pytest.mark.parametrize("config, low, factor", [("sr256-400m", 64, 4), ("sr256-600m-edm", 64, 4), ("sr1024-400m", 256, 4)])
+@pytest.mark.parametrize(
+    "config, low, factor",
+    [("sr256-400m", 64, 4), ("sr256-600m-edm", 64, 4), ("sr1024-400m", 256, 4), ("quickstart-sr256", 64, 4)],
+)
 def test_low_resolution_follows_the_training_pair(config, low, factor):
     typed, _ = validate_model_config(OmegaConf.load(f"examples/conf/{config}.yaml").model)
     assert typed.is_super_resolution and typed.low_resolution == low and typed.upscale_factor == factor
