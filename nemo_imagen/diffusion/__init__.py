@@ -24,7 +24,7 @@ from .guidance import (
     threshold_denoiser,
 )
 from .losses import per_sample_loss
-from .noise_aug import augment_lowres, sampling_augmentation_sigma, training_augmentation_sigma
+from .noise_aug import augment_lowres, lowres_inputs, sampling_augmentation_sigma, training_augmentation_sigma
 from .preconditioning import build_preconditioning, preconditioning_config_class
 from .samplers import (
     DEFAULT_STEPS,
@@ -60,6 +60,7 @@ __all__ = [
     "threshold_denoiser",
     "per_sample_loss",
     "augment_lowres",
+    "lowres_inputs",
     "sampling_augmentation_sigma",
     "training_augmentation_sigma",
     "build_preconditioning",

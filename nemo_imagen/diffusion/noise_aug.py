@@ -12,7 +12,7 @@ every preconditioning (NeMo had it for EDM only):
 - the default sampling level is the preconditioning's smallest sigma (EDM 0.002, NeMo's choice;
   DDPM the schedule's t = 0 level).
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -31,12 +31,29 @@ def augment_lowres(
 
     Returns (lowres_in [B, C, h, w], lowres_noise_cond [B]): the network's view of lowres + sigma n
     under `precond` (see `network_input`)."""
-    if not bool((sigma > 0).all()):
+    if sigma.device.type != "meta" and not bool((sigma > 0).all()):  # meta: shapes only (FLOP counting)
         raise ValueError(f"noise_cond_aug: augmentation sigmas must be > 0, got min {sigma.min().item()!r}")
     if noise is None:
         noise = torch.randn(lowres.shape, generator=generator, device=lowres.device, dtype=lowres.dtype)
     noisy = lowres + append_dims(sigma.to(lowres.dtype), lowres.ndim) * noise
     return precond.network_input(noisy, sigma)
+
+
+def lowres_inputs(
+    precond,
+    lowres: torch.Tensor,
+    noise_cond_aug: bool,
+    sigma: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> Dict[str, Optional[torch.Tensor]]:
+    """A super-resolution UNet's low-res keyword arguments for images `lowres` [B, C, h, w]: with
+    `noise_cond_aug`, corrupted at VE levels `sigma` [B] (see `augment_lowres`); otherwise passed as they are.
+    -> {"lowres": [B, C, h, w], "lowres_noise_cond": [B] or None}."""
+    if not noise_cond_aug:
+        return {"lowres": lowres, "lowres_noise_cond": None}
+    lowres_in, lowres_noise_cond = augment_lowres(precond, lowres, sigma, generator, noise=noise)
+    return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
 
 
 def training_augmentation_sigma(precond, batch_size: int, generator=None, device=None) -> torch.Tensor:

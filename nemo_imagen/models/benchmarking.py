@@ -36,15 +36,12 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from nemo_imagen.diffusion import (
     SAMPLERS,
     THRESHOLDS,
-    augment_lowres,
     build_preconditioning,
-    sample_drop_mask,
-    training_augmentation_sigma,
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import build_optimizer
 from nemo_imagen.models.numerics import all_finite
-from nemo_imagen.models.training_noise import draw_per_sample
+from nemo_imagen.models.training_noise import batched_draws, diffusion_loss, draw_per_sample
 from nemo_imagen.modules.attention import attention_mode
 from nemo_imagen.modules import build_unet
 from nemo_imagen.modules.config import UNetConfig
@@ -376,13 +373,12 @@ class Inputs:
     images: torch.Tensor  # [B, C, H, W] in [-1, 1]
     text_embed: torch.Tensor  # [B, L, D]
     text_mask: torch.Tensor  # [B, L] bool, a real prefix of varying length
-    drop_text: torch.Tensor  # [B] bool
     lowres: Optional[torch.Tensor] = None  # [B, C, h, w] in [-1, 1]: a super-resolution stage's input
 
 
 def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, sampling: bool = False) -> Inputs:
     """Images at the stage's training resolution (its output size when `sampling`), text embeddings with a
-    real prefix of random length, the training text-dropout mask, and for an SR stage its low-res input."""
+    real prefix of random length, and for an SR stage its low-res input."""
     generator = torch.Generator().manual_seed(seed)
     unet, cond = typed.unet, typed.conditioning
     if sampling:
@@ -394,46 +390,29 @@ def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, 
     text_embed = torch.randn(batch, cond.token_length, cond.embed_dim, generator=generator)
     lengths = torch.randint(1, cond.token_length + 1, (batch, 1), generator=generator)
     text_mask = torch.arange(cond.token_length)[None] < lengths
-    drop_text = sample_drop_mask(batch, cond.drop_rate, generator=generator)
     lowres = None if low is None else torch.rand(batch, unet.channels, low, low, generator=generator) * 2 - 1
     images = images.to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return Inputs(images, text_embed.to(device), text_mask.to(device), drop_text.to(device),
+    return Inputs(images, text_embed.to(device), text_mask.to(device),
                   None if lowres is None else lowres.to(device))
 
 
 def training_loss(typed, precond, net, inputs: Inputs, step: Optional[int]) -> torch.Tensor:
     """The mean loss of a training step as `MegatronImagen.training_step` computes it for a batch from the data
-    loaders: each sample's noise level, noise, text-drop coin (and an SR stage's augmentation level and low-res
-    noise) drawn from its own generator keyed by (model.seed, step, sample key). step None (FLOP counting):
-    batched draws instead, which cost the same model FLOPs; on the meta device the low-res augmentation
-    (elementwise) is skipped and only its shapes are made."""
-    images, lowres, device = inputs.images, inputs.lowres, inputs.images.device
-    noise_args, drop_text, cond = {}, inputs.drop_text, {}
-    if step is not None:
-        draws = draw_per_sample(
-            precond, [f"synthetic/{i}" for i in range(images.shape[0])], typed.seed, step, images.shape[1:],
-            typed.conditioning.drop_rate, device, lowres_shape=None if lowres is None else lowres.shape[1:],
-        )
-        noise_args = {"sigma": draws.sigma, "noise": draws.noise.to(images.dtype)}
-        drop_text = draws.drop_text
-    if lowres is not None:
-        if not typed.noise_cond_aug:
-            cond = {"lowres": lowres, "lowres_noise_cond": None}
-        elif device.type == "meta":
-            cond = {"lowres": lowres, "lowres_noise_cond": torch.empty(lowres.shape[0], device="meta")}
-        elif step is not None:
-            lowres_in, noise_cond = augment_lowres(precond, lowres, draws.lowres_sigma, noise=draws.lowres_noise)
-            cond = {"lowres": lowres_in, "lowres_noise_cond": noise_cond}
-        else:
-            sigma = training_augmentation_sigma(precond, lowres.shape[0], device=device)
-            lowres_in, noise_cond = augment_lowres(precond, lowres, sigma)
-            cond = {"lowres": lowres_in, "lowres_noise_cond": noise_cond}
-    return precond.loss(
-        net, images, text_embed=inputs.text_embed, text_mask=inputs.text_mask, drop_text=drop_text,
-        **noise_args, **cond,
-    ).mean()
+    loaders: each sample's draws keyed by (model.seed, step, sample key). step None (FLOP counting, also on
+    the meta device): batched draws instead, which cost the same model FLOPs."""
+    images, lowres = inputs.images, inputs.lowres
+    shapes = dict(image_shape=images.shape[1:], drop_rate=typed.conditioning.drop_rate, device=images.device,
+                  lowres_shape=None if lowres is None else lowres.shape[1:])
+    if step is None:
+        draws = batched_draws(precond, images.shape[0], **shapes)
+    else:
+        keys = [f"synthetic/{i}" for i in range(images.shape[0])]
+        draws = draw_per_sample(precond, keys, typed.seed, step, **shapes)
+    return diffusion_loss(
+        precond, net, images, inputs.text_embed, inputs.text_mask, draws, lowres, typed.noise_cond_aug
+    )
 
 
 # ---------------------------------------------------------------- report

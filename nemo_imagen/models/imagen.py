@@ -10,21 +10,19 @@ from nemo_imagen.data.synthetic import build_synthetic_dataloader
 from nemo_imagen.data.webdataset_pipeline import FAULT_KINDS, build_train_dataloader
 from nemo_imagen.diffusion import (
     SAMPLERS,
-    augment_lowres,
     build_preconditioning,
     classifier_free_guidance,
-    sample_drop_mask,
+    lowres_inputs,
     sampling_augmentation_sigma,
     sampling_sigmas,
     threshold_denoiser,
-    training_augmentation_sigma,
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.checkpointing import capture_rng_state, gather_from_ranks, restore_rng_state, step_seed
 from nemo_imagen.models.megatron_base import MegatronImagenBase
 from nemo_imagen.models.numerics import NonFiniteGuard, all_finite
-from nemo_imagen.models.training_noise import draw_per_sample
+from nemo_imagen.models.training_noise import diffusion_loss, draw_per_sample
 from nemo_imagen.modules import build_unet
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
 
@@ -134,14 +132,6 @@ class MegatronImagen(MegatronImagenBase):
             typed.data, typed.conditioning, typed.micro_batch_size, rank=rank, world_size=world, seed=typed.seed
         )
 
-    def _lowres_inputs(self, lowres: torch.Tensor, sigma: Optional[torch.Tensor], generator=None, noise=None) -> Dict:
-        """The UNet's low-res keyword arguments for images `lowres` [B, C, h, w]: augmented at VE noise levels
-        `sigma` [B] (with `noise`, or noise from `generator`) when the stage uses noise-conditioning augmentation."""
-        if not self.typed_cfg.noise_cond_aug:
-            return {"lowres": lowres, "lowres_noise_cond": None}
-        lowres_in, lowres_noise_cond = augment_lowres(self.precond, lowres, sigma, generator, noise=noise)
-        return {"lowres": lowres_in, "lowres_noise_cond": lowres_noise_cond}
-
     def training_step(self, batch, batch_idx):
         self._batches_in_epoch += 1
         typed = self.typed_cfg
@@ -157,25 +147,19 @@ class MegatronImagen(MegatronImagenBase):
             count = min(batch_size, len(typed.sample_log.prompts) or 4)
             self._log_batch = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count],
                                None if lowres is None else lowres[:count])
-        drop_rate = typed.conditioning.drop_rate
-        cond = {}
-        if "sample_keys" in batch:  # noise keyed by sample and step: the update does not depend on the DP layout
-            draws = draw_per_sample(
-                self.precond, batch["sample_keys"], typed.seed, self.trainer.global_step, images.shape[1:], drop_rate,
-                self.device, lowres_shape=None if lowres is None else lowres.shape[1:],
+        if "sample_keys" not in batch:
+            raise KeyError(
+                "batch: no 'sample_keys' (each sample's identity, which keys its training noise); the model's "
+                "data loaders (nemo_imagen.data) provide it, a custom loader must too"
             )
-            noise_args = {"sigma": draws.sigma, "noise": draws.noise.to(images.dtype)}
-            drop_text = draws.drop_text
-            if lowres is not None:
-                cond = self._lowres_inputs(lowres, draws.lowres_sigma, noise=draws.lowres_noise)
-        else:
-            noise_args = {}
-            drop_text = sample_drop_mask(batch_size, drop_rate, device=self.device)
-            if lowres is not None:
-                cond = self._lowres_inputs(lowres, training_augmentation_sigma(self.precond, batch_size, device=self.device))
-        loss = self.precond.loss(
-            self._net(), images, text_embed=text_embed, text_mask=text_mask, drop_text=drop_text, **noise_args, **cond
-        ).mean()
+        # noise keyed by sample and step: the update does not depend on the data-parallel layout
+        draws = draw_per_sample(
+            self.precond, batch["sample_keys"], typed.seed, self.trainer.global_step, images.shape[1:],
+            typed.conditioning.drop_rate, self.device, lowres_shape=None if lowres is None else lowres.shape[1:],
+        )
+        loss = diffusion_loss(
+            self.precond, self._net(), images, text_embed, text_mask, draws, lowres, typed.noise_cond_aug
+        )
         self._loss_finite = self._loss_finite.to(loss.device) & torch.isfinite(loss.detach())
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
@@ -426,7 +410,7 @@ class MegatronImagen(MegatronImagenBase):
             )
         level = noise_cond_aug_sigma if noise_cond_aug_sigma is not None else typed.noise_cond_aug_sigma
         sigma = sampling_augmentation_sigma(self.precond, batch_size, level, device=self.device)
-        return self._lowres_inputs(lowres.to(self.device, torch.float32), sigma, generator)
+        return lowres_inputs(self.precond, lowres.to(self.device, torch.float32), typed.noise_cond_aug, sigma, generator)
 
 
 def _tile(tensor: Optional[torch.Tensor], repeat: int) -> Optional[torch.Tensor]:

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from nemo_imagen.diffusion import sample_drop_mask
+from nemo_imagen.diffusion import lowres_inputs, sample_drop_mask
 
 
 class TrainingDraws(NamedTuple):
@@ -56,3 +56,48 @@ def draw_per_sample(
     if lowres_shape is None:
         return draws
     return draws._replace(lowres_sigma=torch.cat(lowres_sigmas), lowres_noise=torch.stack(lowres_noises))
+
+
+def batched_draws(
+    precond,
+    batch_size: int,
+    image_shape: Tuple[int, ...],
+    drop_rate: float,
+    device,
+    lowres_shape: Optional[Tuple[int, ...]] = None,
+) -> TrainingDraws:
+    """The same draws as `draw_per_sample`, batched from the global RNG: for FLOP counting, where no
+    per-sample generator exists (the meta device) and only shapes matter."""
+    draws = TrainingDraws(
+        precond.sample_training_sigma(batch_size, device=device),
+        sample_drop_mask(batch_size, drop_rate, device=device),
+        torch.randn((batch_size, *image_shape), device=device),
+    )
+    if lowres_shape is None:
+        return draws
+    return draws._replace(
+        lowres_sigma=precond.sample_training_sigma(batch_size, device=device),
+        lowres_noise=torch.randn((batch_size, *lowres_shape), device=device),
+    )
+
+
+def diffusion_loss(
+    precond,
+    net,
+    images: torch.Tensor,
+    text_embed: torch.Tensor,
+    text_mask: torch.Tensor,
+    draws: TrainingDraws,
+    lowres: Optional[torch.Tensor] = None,
+    noise_cond_aug: bool = False,
+) -> torch.Tensor:
+    """The mean training loss of a batch: images [B, C, H, W] noised with `draws` (noise level, noise, text-drop
+    coin), and for an SR stage its low-res input `lowres` [B, C, h, w], augmented with the draws' levels and
+    noise when `noise_cond_aug`. Scalar."""
+    cond = {}
+    if lowres is not None:
+        cond = lowres_inputs(precond, lowres, noise_cond_aug, draws.lowres_sigma, noise=draws.lowres_noise)
+    return precond.loss(
+        net, images, sigma=draws.sigma, noise=draws.noise.to(images.dtype), text_embed=text_embed,
+        text_mask=text_mask, drop_text=draws.drop_text, **cond,
+    ).mean()

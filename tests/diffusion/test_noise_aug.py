@@ -9,6 +9,7 @@ from nemo_imagen.diffusion import (
     EDMConfig,
     EDMPreconditioning,
     augment_lowres,
+    lowres_inputs,
     sampling_augmentation_sigma,
     training_augmentation_sigma,
 )
@@ -24,6 +25,18 @@ def test_edm_augmentation_is_c_in_times_the_noisy_image_and_conditions_on_c_nois
         expected = (lowres[i] + s * noise[i]) / math.sqrt(s**2 + 0.25)
         torch.testing.assert_close(lowres_in[i], expected, rtol=1e-12, atol=1e-12)
         assert cond[i].item() == pytest.approx(math.log(s) / 4, rel=1e-12)
+
+
+def test_lowres_inputs_pass_the_image_unchanged_without_augmentation_and_augment_it_with():
+    precond = EDMPreconditioning(EDMConfig(sigma_data=0.5))
+    lowres = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    plain = lowres_inputs(precond, lowres, noise_cond_aug=False)
+    assert plain["lowres"] is lowres and plain["lowres_noise_cond"] is None
+    sigma, noise = torch.tensor([0.1, 2.0], dtype=torch.float64), torch.randn(lowres.shape, dtype=torch.float64)
+    augmented = lowres_inputs(precond, lowres, True, sigma, noise=noise)
+    expected = (lowres + sigma[:, None, None, None] * noise) / (sigma**2 + 0.25).sqrt()[:, None, None, None]
+    torch.testing.assert_close(augmented["lowres"], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(augmented["lowres_noise_cond"], sigma.log() / 4)
 
 
 def test_ddpm_augmentation_is_the_variance_preserving_forward_process():
