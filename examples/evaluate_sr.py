@@ -2,8 +2,8 @@
 
     python examples/evaluate_sr.py --ckpt sr256.nemo --shards 'demo_data_256/val-000000.tar' --num_images 64
 
-Each held-out image is resized and centre-cropped to the stage's output size, downsampled (bicubic, as in training) to its
-low-res input, then upscaled twice: by the stage (text from the image's caption) and by bicubic
+Each held-out image is resized and centre-cropped to the stage's output size, downsampled (bicubic, as in
+training) to its low-res input, then upscaled twice: by the stage (text from the image's caption) and by bicubic
 interpolation. Prints the PSNR of both against the true image, over the same images.
 """
 import argparse

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from nemo_imagen.diffusion import lowres_inputs, sample_drop_mask
+from nemo_imagen.diffusion import lowres_inputs, sample_drop_mask, training_augmentation_sigma
 
 
 class TrainingDraws(NamedTuple):
@@ -50,7 +50,7 @@ def draw_per_sample(
         drops.append(sample_drop_mask(1, drop_rate, generator=generator, device=device))
         noises.append(torch.randn(tuple(image_shape), generator=generator, device=device))
         if lowres_shape is not None:
-            lowres_sigmas.append(precond.sample_training_sigma(1, generator=generator, device=device))
+            lowres_sigmas.append(training_augmentation_sigma(precond, 1, generator=generator, device=device))
             lowres_noises.append(torch.randn(tuple(lowres_shape), generator=generator, device=device))
     draws = TrainingDraws(torch.cat(sigmas), torch.cat(drops), torch.stack(noises))
     if lowres_shape is None:
@@ -76,7 +76,7 @@ def batched_draws(
     if lowres_shape is None:
         return draws
     return draws._replace(
-        lowres_sigma=precond.sample_training_sigma(batch_size, device=device),
+        lowres_sigma=training_augmentation_sigma(precond, batch_size, device=device),
         lowres_noise=torch.randn((batch_size, *lowres_shape), device=device),
     )
 
