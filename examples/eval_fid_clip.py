@@ -33,6 +33,7 @@ from nemo_imagen.models.config import ConfigError  # noqa: E402
 from nemo_imagen.models.images import to_uint8  # noqa: E402
 from nemo_imagen.models.pipeline import ImagenPipeline, SampleConfig, StageSampling  # noqa: E402
 from nemo_imagen.models.trainer_builder import exit_on_config_error  # noqa: E402
+from nemo_imagen.precision import choose_precision  # noqa: E402
 
 
 @dataclass
@@ -72,6 +73,7 @@ class EvalConfig:
     batch_size: int = 16
     seed: int = 0
     thresholding: str = "dynamic"
+    precision: Any = "auto"  # sampling's autocast, decided for the machine that generates (as in sample.yaml)
     shard: int = 0
     num_shards: int = 1
     fid: FidConfig = field(default_factory=FidConfig)
@@ -103,13 +105,17 @@ def sample_config(cfg: EvalConfig) -> SampleConfig:
     return SampleConfig(base_ckpt=cfg.base_ckpt, sr256_ckpt=cfg.sr256_ckpt, sr1024_ckpt=cfg.sr1024_ckpt,
                         target_resolution=cfg.target_resolution, samplings=cfg.samplings,
                         encoder_path=cfg.encoder_path, thresholding=cfg.thresholding, device=cfg.device,
-                        batch_size=cfg.batch_size, seed=cfg.seed)
+                        batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision)
 
 
 def stage_samplings(cfg: EvalConfig, scale: float) -> List[StageSampling]:
     """The base stage gets guidance `scale`; SR stages keep their own cfg unless guide_sr_stages."""
     return [dataclasses.replace(sampling, cfg=scale) if index == 0 or cfg.guide_sr_stages else sampling
             for index, sampling in enumerate(cfg.samplings)]
+
+
+def _device(cfg: EvalConfig) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
 
 
 def scale_dir(output_dir: Path, scale: float) -> Path:
@@ -132,10 +138,12 @@ def generation_settings(cfg: EvalConfig) -> str:
     """Everything that decides the pixels of an image: a rerun or shard with other values must not mix in."""
     paths = {key: str(Path(value).resolve()) if value else None
              for key, value in (("base_ckpt", cfg.base_ckpt), ("sr256_ckpt", cfg.sr256_ckpt), ("sr1024_ckpt", cfg.sr1024_ckpt))}
+    # the autocast this machine samples with (precision auto differs between machines, and so do the pixels)
+    precision, _ = choose_precision(cfg.precision, _device(cfg).type)
     settings = dict(paths, target_resolution=cfg.target_resolution, encoder_path=cfg.encoder_path,
                     samplings=[dataclasses.asdict(sampling) for sampling in cfg.samplings],
                     guide_sr_stages=cfg.guide_sr_stages, batch_size=cfg.batch_size, seed=cfg.seed,
-                    thresholding=cfg.thresholding)
+                    thresholding=cfg.thresholding, precision=str(precision))
     return json.dumps(settings, indent=1, sort_keys=True) + "\n"
 
 
@@ -171,8 +179,7 @@ def score(cfg: EvalConfig, captions: List[str], output_dir: Path):
     from nemo_imagen.evaluation.metrics import reference_stats, score_folder
     from nemo_imagen.evaluation.report import Row, plot_fid_clip, write_csv
 
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    device = _device(cfg)
     try:
         extractor = build_feature_extractor(cfg.fid.feature_extractor, cfg.fid.inception_weights).to(device)
         clip = ClipScorer(cfg.clip.model, cfg.clip.checkpoint, device, cfg.clip.model_config)

@@ -19,6 +19,7 @@ from nemo_imagen.data.transforms import bicubic_pyramid, center_crop, resize_sma
 from nemo_imagen.diffusion import THRESHOLDS
 from nemo_imagen.models.config import ConfigError
 from nemo_imagen.models.pipeline import load_stage
+from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder
 
 
@@ -60,12 +61,19 @@ def main() -> int:
     parser.add_argument("--noise_cond_aug_sigma", type=float, default=None)
     parser.add_argument("--encoder_path", default=None, help="text encoder override")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision", default="auto",
+        help="sampling's autocast: auto (bf16 where this machine computes bf16 natively, else 32) or a Lightning "
+        "precision name (32, bf16-mixed, ...), used as given",
+    )
     args = parser.parse_args()
     try:
         stage = load_stage(args.ckpt, torch.device("cuda" if torch.cuda.is_available() else "cpu"), "--ckpt")
         typed = stage.typed_cfg
         if not typed.is_super_resolution:
             raise ConfigError(f"--ckpt: {args.ckpt} is a base stage (unet_type {typed.unet_type}), not a super-resolution stage")
+        precision, reason = choose_precision(args.precision, stage.device.type)
+        print(f"sampling {reason}")
         if args.encoder_path:
             stage.set_text_encoder(TextEncoder.from_path(args.encoder_path, device=str(stage.device)))
         low, high = typed.low_resolution, typed.unet.image_size  # the full-size task, also for a stage trained on crops
@@ -84,6 +92,7 @@ def main() -> int:
         upscaled = stage.sample(
             text_embed, text_mask, lowres=lowres, noise_cond_aug_sigma=args.noise_cond_aug_sigma, sampler=args.sampler,
             steps=args.steps, cfg_scale=args.cfg, thresholding=args.thresholding, generator=generator,
+            precision=precision,
         ).cpu()
         bicubic = F.interpolate(lowres, size=(high, high), mode="bicubic", align_corners=False)
         model_psnr.append(psnr(upscaled, truth))

@@ -45,6 +45,7 @@ from nemo_imagen.models.training_noise import batched_draws, diffusion_loss, dra
 from nemo_imagen.modules.attention import attention_mode
 from nemo_imagen.modules import build_unet
 from nemo_imagen.modules.config import UNetConfig
+from nemo_imagen.precision import choose_precision
 
 MODES = ("train", "sample", "flops")
 PEERS = ("none", "diffusers")
@@ -556,6 +557,7 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
 
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
+    typed.precision = choose_precision(typed.precision, device.type)[0]  # `auto`: what suits this device
     dtype = autocast_dtype(typed.precision)
     _backend_settings(cfg, device)
     torch.manual_seed(typed.seed)
@@ -657,6 +659,7 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg:
     low-res images), or with `cascade_cfg` the base stage followed by that SR stage on its output."""
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
+    typed.precision = choose_precision(typed.precision, device.type)[0]  # `auto`: what suits this device
     dtype = autocast_dtype(typed.precision)
     _backend_settings(cfg, device)
     torch.manual_seed(typed.seed)
@@ -669,7 +672,7 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg:
                 f"cascade: {cascade_cfg.get('name')} must be a super-resolution stage taking "
                 f"{typed.unet.image_size}x{typed.unet.image_size} images from the base stage {cfg.get('name')}"
             )
-        if autocast_dtype(upper.typed_cfg.precision) != dtype:
+        if autocast_dtype(choose_precision(upper.typed_cfg.precision, device.type)[0]) != dtype:
             raise ConfigError("cascade.model.precision: the cascade's stages must share one precision")
     batch = bench.sample_batch
     _settings(report, cfg, typed, bench, device, dtype, False)
@@ -695,7 +698,8 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg:
 
     def sample_once(contestant: Contestant):
         generator = torch.Generator(device=device).manual_seed(bench.seed)
-        options = dict(sampler=bench.sampler, thresholding=bench.thresholding, generator=generator, use_ema=False)
+        options = dict(sampler=bench.sampler, thresholding=bench.thresholding, generator=generator, use_ema=False,
+                       precision=typed.precision)
         with stage_network(stage, contestant.net):
             images = stage.sample(inputs.text_embed, inputs.text_mask, lowres=inputs.lowres,
                                   steps=bench.sample_steps, cfg_scale=bench.cfg_scale, **options)

@@ -116,8 +116,9 @@ AUTOCAST_DTYPES = {"bf16-mixed": "bfloat16", "bf16": "bfloat16", "16-mixed": "fl
 
 @dataclass
 class ImagenConfig:
-    # Lightning's precision name (normally `${trainer.precision}`); sampling runs under the same autocast.
-    precision: Any = "bf16-mixed"
+    # Lightning's precision name (normally `${trainer.precision}`), or `auto` (nemo_imagen/precision.py), which
+    # build_trainer resolves for the training machine. Sampling picks its own autocast where it runs.
+    precision: Any = "auto"
     micro_batch_size: int = 32
     global_batch_size: int = 32
     inductor: bool = False

@@ -1,7 +1,7 @@
 """MegatronImagen: one Imagen stage (a text-conditioned UNet under a diffusion preconditioning) as a NeMo model."""
 import copy
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from nemo_imagen.models.megatron_base import MegatronImagenBase
 from nemo_imagen.models.numerics import NonFiniteGuard, all_finite
 from nemo_imagen.models.training_noise import diffusion_loss, draw_per_sample
 from nemo_imagen.modules import build_unet
+from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
 
 
@@ -320,6 +321,8 @@ class MegatronImagen(MegatronImagenBase):
             cfg_scale=log_cfg.cfg,
             thresholding=log_cfg.thresholding,
             generator=generator,
+            # the training run's resolved precision; without a trainer, what suits this machine
+            precision=self._trainer.precision if getattr(self, "_trainer", None) is not None else "auto",
         )
         if lowres is None:
             return prompts, image_grid(images, nrow=repeat)
@@ -343,6 +346,7 @@ class MegatronImagen(MegatronImagenBase):
         generator: Optional[torch.Generator] = None,
         use_ema: bool = True,
         callback: Optional[Callable] = None,
+        precision: Any = "auto",
     ) -> torch.Tensor:
         """text_embed: [B, L, D], text_mask: [B, L] -> images [B, C, H, W] in [-1, 1] (H = W = unet.image_size).
 
@@ -350,8 +354,10 @@ class MegatronImagen(MegatronImagenBase):
         `low_resolution` (or, for a stage trained on crops, the crops' low-res size; H = W = h x upscale); with noise-conditioning augmentation it is corrupted at `noise_cond_aug_sigma`
         (default: `model.noise_cond_aug_sigma`, else the preconditioning's sigma_min) with noise from
         `generator`. Classifier-free guidance runs the conditional and unconditional halves as one batch.
-        The EMA weights are used when the model has them; the UNet runs under the autocast of
-        `model.precision`.
+        The EMA weights are used when the model has them. The UNet runs under the autocast of `precision`: by
+        default (`auto`) the one that suits the device it runs on (`nemo_imagen.precision.choose_precision`: bf16
+        where bf16 is native, else float32), not the precision the checkpoint was trained with; an explicit
+        Lightning precision name (`32`, `bf16-mixed`, `16-mixed`, ...) is honoured.
         """
         if sampler not in SAMPLERS:
             raise ConfigError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -383,7 +389,7 @@ class MegatronImagen(MegatronImagenBase):
         sigmas = sampling_sigmas(self.precond, sampler, steps).to(self.device)
         noise = torch.randn(shape, generator=generator, device=self.device)
         x = noise * sigmas[0].to(noise.dtype)
-        autocast_dtype = AUTOCAST_DTYPES.get(str(self.typed_cfg.precision))
+        autocast_dtype = AUTOCAST_DTYPES.get(str(choose_precision(precision, self.device.type)[0]))
         with torch.autocast(self.device.type, getattr(torch, autocast_dtype or "float32"), enabled=bool(autocast_dtype)):
             images = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback)
         net.train(was_training)

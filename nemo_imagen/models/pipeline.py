@@ -1,7 +1,7 @@
 """Sampling a trained cascade: prompts in, images out, one stage after another (64 -> 256 -> 1024)."""
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -12,6 +12,7 @@ from nemo_imagen.models.checkpoint_checks import check_checkpoint_file, check_st
 from nemo_imagen.models.config import ConfigError
 from nemo_imagen.models.imagen import MegatronImagen
 from nemo_imagen.models.prompts import warn_long_prompts
+from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder
 
 # (config key, resolution after that stage) in cascade order; target_resolution picks a prefix.
@@ -48,6 +49,7 @@ class SampleConfig:
     encoder_path: Optional[str] = None  # overrides every stage's conditioning.encoder_path
     thresholding: str = "dynamic"
     device: str = "auto"
+    precision: Any = "auto"  # sampling's autocast: auto = what suits the device (nemo_imagen/precision.py)
 
 
 def load_stage(path: str, device: torch.device, key: str = "base_ckpt") -> MegatronImagen:
@@ -87,11 +89,16 @@ def model_from_lightning_checkpoint(path: Path, key: str = "ckpt") -> MegatronIm
 class ImagenPipeline:
     """Runs the stages of a cascade on prompts: the base stage makes images from text, each
     super-resolution stage upscales the previous stage's images. Each stage gets its own `StageSampling`;
-    prompts are embedded once per distinct text encoder (and token length)."""
+    prompts are embedded once per distinct text encoder (and token length).
 
-    def __init__(self, stages: List[MegatronImagen], encoder: Optional[TextEncoder] = None):
+    `precision` is the stages' autocast, decided here for the device they run on (`auto`: bf16 where bf16 is
+    native, else float32; see nemo_imagen/precision.py), whatever precision they were trained with; an
+    explicit value is honoured. `precision_reason` says why, in one line."""
+
+    def __init__(self, stages: List[MegatronImagen], encoder: Optional[TextEncoder] = None, precision: Any = "auto"):
         check_cascade(stages)
         self.stages = stages
+        self.precision, self.precision_reason = choose_precision(precision, stages[0].device.type)
         if encoder is not None:
             for stage in stages:
                 stage.set_text_encoder(encoder)
@@ -116,7 +123,9 @@ class ImagenPipeline:
             check_stage_role(stage, key, resolution)
             stages.append(stage)
         encoder = TextEncoder.from_path(cfg.encoder_path, device=str(device)) if cfg.encoder_path else None
-        return cls(stages, encoder)
+        pipeline = cls(stages, encoder, precision=cfg.precision)
+        print(f"sampling {pipeline.precision_reason}")
+        return pipeline
 
     @torch.no_grad()
     def __call__(
@@ -158,6 +167,7 @@ class ImagenPipeline:
                     cfg_scale=stage_sampling.cfg,
                     thresholding=thresholding,
                     generator=generator,
+                    precision=self.precision,
                 )
             outputs.append(images.cpu())
         return torch.cat(outputs)

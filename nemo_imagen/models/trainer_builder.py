@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from nemo.utils import logging
 from nemo.utils.exp_manager import exp_manager
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -14,6 +15,7 @@ from nemo_imagen.models.checkpointing import AtomicCheckpointIO, ReliabilityCall
 from nemo_imagen.models.config import ConfigError, ReliabilityConfig
 from nemo_imagen.models.numerics import NonFiniteStepError
 from nemo_imagen.models.megatron_base import gradient_accumulation_steps, trainer_data_parallel_size
+from nemo_imagen.precision import accelerator_device_type, choose_precision
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
@@ -30,8 +32,12 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         )
     dp_size = trainer_data_parallel_size(cfg.trainer)
     accumulation = gradient_accumulation_steps(cfg.model.micro_batch_size, cfg.model.global_batch_size, dp_size)
+    precision, reason = choose_precision(cfg.trainer.get("precision", "32-true"),
+                                         accelerator_device_type(cfg.trainer.get("accelerator")))
+    logging.info(reason)
     with open_dict(cfg):
         cfg.trainer.accumulate_grad_batches = accumulation
+        cfg.trainer.precision = precision  # `model.precision: ${trainer.precision}` follows
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
