@@ -133,9 +133,10 @@ def assert_grads_close(actual, expected, max_rel, label):
     assert worst < max_rel, f"{label}: worst relative gradient error {worst:.3g} (allowed {max_rel})"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_tf32():
-    """float32 matrix products and convolutions in full float32 during the test."""
+    """float32 matrix products and convolutions in full float32 during each test (the float32 references must be
+    float32; build_trainer turns TF32 on, as a training run does, and this restores the setting afterwards)."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -467,7 +468,7 @@ def test_fused_attention_block_sdpa_bf16_matches_stable_float32():
     check_fused_block_flash_matches_stable("cuda")
 
 
-def test_compiled_training_step_equals_eager(no_tf32):
+def test_compiled_training_step_equals_eager():
     check_compiled_step_equals_eager("cuda")
 
 
@@ -476,7 +477,7 @@ def test_fused_adamw_equals_foreach_adamw():
 
 
 @pytest.mark.parametrize("precision", ["32", "bf16"])
-def test_channels_last_equals_nchw(no_tf32, precision):
+def test_channels_last_equals_nchw(precision):
     check_channels_last_equals_nchw("cuda", None if precision == "32" else torch.bfloat16)
 
 
