@@ -17,23 +17,34 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
-
-from nemo_imagen.models.benchmarking import BenchConfig, parse_bench_config, run_benchmark
-from nemo_imagen.models.trainer_builder import exit_on_config_error
+from nemo_imagen.models.cli import config_name_error, exit_on_config_error, fail, override_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
-BENCH_KEYS = {f.name for f in fields(BenchConfig)}
 
 
-def split_overrides(overrides):
+def check_names_and_keys(config_name, overrides):
+    """Before the heavy imports: the configs exist and every dotted override names one of their keys (benchmark
+    keys have no dot; they are checked with their values once `BenchConfig` is imported)."""
+    cascade = next((value for key, _, value in (item.partition("=") for item in overrides) if key == "cascade"), None)
+    for name, label in ((config_name, None), (cascade, f"cascade={cascade}")):
+        error = name and config_name_error(CONFIG_DIR, name, label)
+        if error:
+            fail(error)
+    stage = [item for item in overrides if "." in item.partition("=")[0] and not item.startswith("cascade.")]
+    errors = override_errors(CONFIG_DIR, config_name, stage)
+    if cascade:
+        cascade_overrides = [item[len("cascade."):] for item in overrides if item.startswith("cascade.")]
+        errors += override_errors(CONFIG_DIR, cascade, cascade_overrides, prefix="cascade.")
+    if errors:
+        fail(errors[0])
+
+
+def split_overrides(overrides, bench_keys):
     """-> ({benchmark key: value}, [overrides of the config], [overrides of the cascade's SR config])."""
     bench, stage_overrides, cascade_overrides = {}, [], []
     for override in overrides:
         key, sep, value = override.partition("=")
-        if sep and key in BENCH_KEYS:
+        if sep and key in bench_keys:
             bench[key] = value
         elif override.startswith("cascade."):
             cascade_overrides.append(override[len("cascade."):])
@@ -44,6 +55,10 @@ def split_overrides(overrides):
 
 def compose_config(name, overrides):
     """The training config `name` from examples/conf/ with Hydra overrides; a bad override exits with one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             return compose(config_name=name, overrides=overrides)
@@ -58,7 +73,11 @@ def main(argv=None):
     parser.add_argument("--config-name", "-cn", default="base64-500m-edm", help="a config in examples/conf/")
     parser.add_argument("overrides", nargs="*", help="key=value: benchmark keys and Hydra overrides")
     args = parser.parse_args(argv)
-    bench_values, stage_overrides, cascade_overrides = split_overrides(args.overrides)
+    check_names_and_keys(args.config_name, args.overrides)
+    from nemo_imagen.models.benchmarking import BenchConfig, parse_bench_config, run_benchmark  # torch: seconds
+
+    bench_keys = {f.name for f in fields(BenchConfig)}
+    bench_values, stage_overrides, cascade_overrides = split_overrides(args.overrides, bench_keys)
     bench = parse_bench_config(bench_values)
     if cascade_overrides and not bench.cascade:
         print(f"error: {cascade_overrides[0]!r}: cascade.* overrides need cascade=CONFIG", file=sys.stderr)

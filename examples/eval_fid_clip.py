@@ -10,8 +10,35 @@ clip.checkpoint=ViT-L-14.pt` (keys: examples/conf/fid_clip.yaml; README: "FID-CL
    written to {output_dir}/fid_clip.csv and plotted in {output_dir}/fid_clip.png.
 """
 import sys
+from pathlib import Path
 
-from nemo_imagen.evaluation.torchvision_compat import ensure_torchvision_importable
+from nemo_imagen.models.cli import check_command_line, exit_on_config_error
+
+
+def hydra_arguments(argv: list) -> list:
+    """`--shard I` / `--num-shards N` (as in SLURM scripts) -> the Hydra overrides shard=I / num_shards=N."""
+    flags = {"--shard": "shard", "--num-shards": "num_shards"}
+    out, index = [], 0
+    while index < len(argv):
+        name, _, value = argv[index].partition("=")
+        if name in flags:
+            if not value:
+                if index + 1 >= len(argv):
+                    raise SystemExit(f"error: {name} needs a value")
+                index += 1
+                value = argv[index]
+            out.append(f"{flags[name]}={value}")
+        else:
+            out.append(argv[index])
+        index += 1
+    return out
+
+
+if __name__ == "__main__":  # a mistyped key or config name fails here, before the imports below (10-50 s)
+    sys.argv = [sys.argv[0], *hydra_arguments(sys.argv[1:])]
+    check_command_line(Path(__file__).resolve().parent / "conf", "fid_clip")
+
+from nemo_imagen.evaluation.torchvision_compat import ensure_torchvision_importable  # noqa: E402
 
 ensure_torchvision_importable()  # before NeMo, Lightning or open_clip import torchvision (see the module)
 
@@ -19,7 +46,6 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any, List, Optional  # noqa: E402
 
 import torch  # noqa: E402
@@ -32,7 +58,6 @@ from nemo_imagen.evaluation.generation import generate_images, image_path, shard
 from nemo_imagen.models.config import ConfigError  # noqa: E402
 from nemo_imagen.models.images import to_uint8  # noqa: E402
 from nemo_imagen.models.pipeline import ImagenPipeline, SampleConfig, StageSampling  # noqa: E402
-from nemo_imagen.models.trainer_builder import exit_on_config_error  # noqa: E402
 from nemo_imagen.precision import choose_precision  # noqa: E402
 
 
@@ -226,25 +251,5 @@ def main(cfg) -> None:
     run_evaluation(eval_config_from(cfg))
 
 
-def hydra_arguments(argv: List[str]) -> List[str]:
-    """`--shard I` / `--num-shards N` (as in SLURM scripts) -> the Hydra overrides shard=I / num_shards=N."""
-    flags = {"--shard": "shard", "--num-shards": "num_shards"}
-    out, index = [], 0
-    while index < len(argv):
-        name, _, value = argv[index].partition("=")
-        if name in flags:
-            if not value:
-                if index + 1 >= len(argv):
-                    raise SystemExit(f"error: {name} needs a value")
-                index += 1
-                value = argv[index]
-            out.append(f"{flags[name]}={value}")
-        else:
-            out.append(argv[index])
-        index += 1
-    return out
-
-
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *hydra_arguments(sys.argv[1:])]
     main()

@@ -5,17 +5,18 @@ Writes {output_dir}/{prompt_index:05d}_{image_index:02d}.png, {output_dir}/grid.
 {output_dir}/prompts.txt (the prompts in index order)."""
 from pathlib import Path
 
-from nemo.core.config import hydra_runner
+from nemo_imagen.models.cli import check_command_line, exit_on_config_error
 
-from nemo_imagen.models.images import image_grid, save_png, to_uint8
-from nemo_imagen.models.pipeline import ImagenPipeline, sample_config_from
-from nemo_imagen.models.prompts import read_prompts
-from nemo_imagen.models.trainer_builder import exit_on_config_error
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = "sample"
 
 
-@hydra_runner(config_path="conf", config_name="sample")
 @exit_on_config_error
 def main(cfg) -> None:
+    from nemo_imagen.models.images import image_grid, save_png, to_uint8
+    from nemo_imagen.models.pipeline import ImagenPipeline, sample_config_from
+    from nemo_imagen.models.prompts import read_prompts
+
     cfg = sample_config_from(cfg)
     prompts = read_prompts(cfg)
     pipeline = ImagenPipeline.from_config(cfg)
@@ -38,4 +39,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    check_command_line(CONFIG_DIR, DEFAULT_CONFIG)  # a mistyped key or config name fails here, in about a second
+    from nemo.core.config import hydra_runner  # NeMo, Lightning and torch: 10-50 s
+
+    hydra_runner(config_path="conf", config_name=DEFAULT_CONFIG)(main)()

@@ -4,16 +4,18 @@ Ends by writing the `.nemo` (exp_manager) and a grid of samples for `model.sampl
 both paths. A top-level `demo_data` block (quickstart.yaml) first generates the demo shards if missing."""
 from pathlib import Path
 
-from nemo.core.config import hydra_runner
+from nemo_imagen.models.cli import check_command_line, exit_on_config_error
 
-from nemo_imagen.data.demo import make_demo_dataset
-from nemo_imagen.models.imagen import MegatronImagen
-from nemo_imagen.models.trainer_builder import build_trainer, exit_on_config_error
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = "base64-500m"
 
 
-@hydra_runner(config_path="conf", config_name="base64-500m")
 @exit_on_config_error
 def main(cfg) -> None:
+    from nemo_imagen.data.demo import make_demo_dataset
+    from nemo_imagen.models.imagen import MegatronImagen
+    from nemo_imagen.models.trainer_builder import build_trainer
+
     demo = cfg.get("demo_data")
     if demo and not any(Path(demo.output_dir).glob("train-*.tar")):
         make_demo_dataset(
@@ -32,4 +34,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    check_command_line(CONFIG_DIR, DEFAULT_CONFIG)  # a mistyped key or config name fails here, in about a second
+    from nemo.core.config import hydra_runner  # NeMo, Lightning and torch: 10-50 s
+
+    hydra_runner(config_path="conf", config_name=DEFAULT_CONFIG)(main)()

@@ -1,7 +1,5 @@
 """Lightning Trainer and NeMo exp_manager set up from a training config, the way NeMo's Megatron builders did."""
-import functools
 import os
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -10,10 +8,8 @@ from nemo.utils import logging
 from nemo.utils.exp_manager import exp_manager
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_imagen.data.webdataset_pipeline import DataFaultError
 from nemo_imagen.models.checkpointing import AtomicCheckpointIO, ReliabilityCallback, tidy_checkpoint_dir
 from nemo_imagen.models.config import ConfigError, ReliabilityConfig
-from nemo_imagen.models.numerics import NonFiniteStepError
 from nemo_imagen.models.megatron_base import gradient_accumulation_steps, trainer_data_parallel_size
 from nemo_imagen.precision import accelerator_device_type, choose_precision
 
@@ -64,21 +60,3 @@ def _checkpoint_dir(cfg: DictConfig, exp_cfg: DictConfig) -> Path:
         return Path(exp_cfg.explicit_log_dir) / "checkpoints"
     exp_dir = exp_cfg.get("exp_dir") or os.path.join(os.getcwd(), "nemo_experiments")
     return Path(exp_dir) / (exp_cfg.get("name") or "default") / "checkpoints"
-
-
-def exit_on_config_error(main):
-    """A user mistake in a config or a path is reported as one line, not a stack trace (exit status 2); so
-    is a run stopped by its data-fault threshold or numerical guard (exit status 3)."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except (ConfigError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        except (DataFaultError, NonFiniteStepError) as error:
-            print(f"error: the run stopped: {error}", file=sys.stderr)
-            sys.exit(3)
-
-    return wrapper
