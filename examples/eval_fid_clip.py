@@ -57,7 +57,7 @@ from nemo_imagen.evaluation.captions import draw_captions, read_captions  # noqa
 from nemo_imagen.evaluation.generation import generate_images, image_path, shard_batches  # noqa: E402
 from nemo_imagen.models.config import ConfigError  # noqa: E402
 from nemo_imagen.models.images import to_uint8  # noqa: E402
-from nemo_imagen.models.pipeline import ImagenPipeline, SampleConfig, StageSampling  # noqa: E402
+from nemo_imagen.models.pipeline import STAGES, ImagenPipeline, SampleConfig, StageSampling  # noqa: E402
 from nemo_imagen.precision import choose_precision  # noqa: E402
 
 
@@ -94,10 +94,11 @@ class EvalConfig:
     output_dir: str = "outputs/fid_clip"
     guidance_scales: List[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 6.0])
     guide_sr_stages: bool = False
-    samplings: List[StageSampling] = field(default_factory=lambda: [StageSampling(cfg=1.0)])
+    # one entry per stage; null, missing entries and null keys: the stage's own settings (its model.sample_log)
+    samplings: Optional[List[StageSampling]] = field(default_factory=lambda: [StageSampling("edm", 30, 1.0)])
     batch_size: int = 16
     seed: int = 0
-    thresholding: str = "dynamic"
+    thresholding: Optional[str] = "dynamic"  # null: each stage's own
     precision: Any = "auto"  # sampling's autocast, decided for the machine that generates (as in sample.yaml)
     shard: int = 0
     num_shards: int = 1
@@ -134,9 +135,14 @@ def sample_config(cfg: EvalConfig) -> SampleConfig:
 
 
 def stage_samplings(cfg: EvalConfig, scale: float) -> List[StageSampling]:
-    """The base stage gets guidance `scale`; SR stages keep their own cfg unless guide_sr_stages."""
+    """One entry per stage: the base stage gets guidance `scale`; SR stages keep their own cfg unless
+    guide_sr_stages. A stage without a `samplings` entry, and each key an entry leaves null, samples as its
+    checkpoint's model.sample_log says (ImagenPipeline.stage_samplings), as in sample.py."""
+    given = list(cfg.samplings or [])
+    stages = sum(resolution <= cfg.target_resolution for _, resolution in STAGES)
+    entries = given + [StageSampling() for _ in range(stages - len(given))]
     return [dataclasses.replace(sampling, cfg=scale) if index == 0 or cfg.guide_sr_stages else sampling
-            for index, sampling in enumerate(cfg.samplings)]
+            for index, sampling in enumerate(entries)]
 
 
 def _device(cfg: EvalConfig) -> torch.device:
@@ -166,7 +172,7 @@ def generation_settings(cfg: EvalConfig) -> str:
     # the autocast this machine samples with (precision auto differs between machines, and so do the pixels)
     precision, _ = choose_precision(cfg.precision, _device(cfg).type)
     settings = dict(paths, target_resolution=cfg.target_resolution, encoder_path=cfg.encoder_path,
-                    samplings=[dataclasses.asdict(sampling) for sampling in cfg.samplings],
+                    samplings=[dataclasses.asdict(sampling) for sampling in cfg.samplings or []],
                     guide_sr_stages=cfg.guide_sr_stages, batch_size=cfg.batch_size, seed=cfg.seed,
                     thresholding=cfg.thresholding, precision=str(precision))
     return json.dumps(settings, indent=1, sort_keys=True) + "\n"
@@ -186,6 +192,8 @@ def generate(cfg: EvalConfig, captions: List[str], output_dir: Path) -> None:
     pipeline = ImagenPipeline.from_config(sample_config(cfg))
     for scale in todo:
         samplings = stage_samplings(cfg, scale)
+        for _, line in pipeline.stage_samplings(samplings, cfg.thresholding):
+            print(f"cfg {scale:g}: {line}")
 
         def generate_batch(batch_captions, batch_index):
             images = pipeline(batch_captions, samplings, batch_size=len(batch_captions),

@@ -20,9 +20,12 @@ def main(cfg) -> None:
     cfg = sample_config_from(cfg)
     prompts = read_prompts(cfg)
     pipeline = ImagenPipeline.from_config(cfg)
+    samplings = pipeline.stage_samplings(cfg.samplings, cfg.thresholding)  # what is given, else each checkpoint's own
+    for _, line in samplings:
+        print(line)
     images = pipeline(
         prompts,
-        cfg.samplings,
+        [sampling for sampling, _ in samplings],
         num_images_per_prompt=cfg.num_images_per_prompt,
         batch_size=cfg.batch_size,
         seed=cfg.seed,

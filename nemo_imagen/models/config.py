@@ -61,7 +61,9 @@ class EMAConfig:
 @dataclass
 class SampleLogConfig:
     """Every `every_n_steps` steps a grid of samples for fixed prompts goes to TensorBoard (0 = never).
-    Without a text encoder (precached embeddings) the first training batch's captions are used."""
+    Without a text encoder (precached embeddings) the first training batch's captions are used.
+    `sampler`, `steps`, `cfg` and `thresholding` travel in the `.nemo` as the stage's own sampling settings:
+    sample.py and the cascade pipeline use them wherever `samplings` does not set them."""
 
     every_n_steps: int = 1000
     prompts: List[str] = field(default_factory=lambda: ["a photo of a cat", "a red car on a street"])

@@ -19,16 +19,23 @@ from nemo_imagen.text.encoders import TextEncoder
 STAGES = (("base_ckpt", 64), ("sr256_ckpt", 256), ("sr1024_ckpt", 1024))
 
 
+# the keys of a StageSampling that a checkpoint's `model.sample_log` also holds
+SAMPLE_LOG_KEYS = ("sampler", "steps", "cfg", "thresholding")
+
+
 @dataclass
 class StageSampling:
-    """How one stage samples: `sampler` edm | ddpm | dpmpp, number of `steps`, guidance scale `cfg`, and
-    for a super-resolution stage trained with noise-conditioning augmentation, the augmentation level
-    `noise_cond_aug_sigma` of its low-res input (null = the stage's `model.noise_cond_aug_sigma`)."""
+    """How one stage samples: `sampler` edm | ddpm | dpmpp, number of `steps`, guidance scale `cfg`, x0
+    `thresholding` dynamic | static | none; a key left null is the stage's own, from its checkpoint's
+    `model.sample_log`. For a super-resolution stage trained with noise-conditioning augmentation,
+    `noise_cond_aug_sigma` is the augmentation level of its low-res input (null = the stage's
+    `model.noise_cond_aug_sigma`)."""
 
-    sampler: str = "edm"
-    steps: int = 30
-    cfg: float = 4.0
+    sampler: Optional[str] = None
+    steps: Optional[int] = None
+    cfg: Optional[float] = None
     noise_cond_aug_sigma: Optional[float] = None
+    thresholding: Optional[str] = None
 
 
 @dataclass
@@ -45,9 +52,10 @@ class SampleConfig:
     batch_size: int = 16
     seed: int = 0
     output_dir: str = "outputs/samples"
-    samplings: List[StageSampling] = field(default_factory=lambda: [StageSampling()])
+    # one entry per stage in cascade order; null, missing entries and null keys: the stage's own settings
+    samplings: Optional[List[StageSampling]] = None
     encoder_path: Optional[str] = None  # overrides every stage's conditioning.encoder_path
-    thresholding: str = "dynamic"
+    thresholding: Optional[str] = None  # every stage's thresholding; null: each stage's own
     device: str = "auto"
     precision: Any = "auto"  # sampling's autocast: auto = what suits the device (nemo_imagen/precision.py)
 
@@ -127,25 +135,65 @@ class ImagenPipeline:
         print(f"sampling {pipeline.precision_reason}")
         return pipeline
 
+    def stage_samplings(
+        self, samplings: Optional[List[StageSampling]] = None, thresholding: Optional[str] = None
+    ) -> List[Tuple[StageSampling, str]]:
+        """Each stage's complete sampling settings, and one line saying which they are and where they came from.
+
+        Stage i uses entry i of `samplings`; a stage without an entry (`samplings` null, empty or shorter than
+        the cascade), and each key an entry leaves null, takes the stage's own setting: its checkpoint's
+        `model.sample_log` (sampler, steps, cfg, thresholding). `thresholding`, when given, applies to every
+        stage whose entry does not set its own. `noise_cond_aug_sigma` stays null unless given: `sample`
+        then uses the stage's `model.noise_cond_aug_sigma`."""
+        given = list(samplings or [])
+        resolved = []
+        for index, stage in enumerate(self.stages):
+            entry = given[index] if index < len(given) else StageSampling()
+            own = stage.typed_cfg.sample_log
+            values, given_keys = {}, []
+            for key in SAMPLE_LOG_KEYS:
+                value = getattr(entry, key)
+                if value is None and key == "thresholding":
+                    value = thresholding
+                if value is None:
+                    value = getattr(own, key)
+                else:
+                    given_keys.append(key)
+                values[key] = value
+            sampling = StageSampling(**values, noise_cond_aug_sigma=entry.noise_cond_aug_sigma)
+            own_keys = [key for key in SAMPLE_LOG_KEYS if key not in given_keys]
+            line = (f"{STAGES[index][0] if index < len(STAGES) else f'stage {index}'}: sampler {sampling.sampler}, "
+                    f"steps {sampling.steps}, cfg {sampling.cfg:g}, thresholding {sampling.thresholding}")
+            if sampling.noise_cond_aug_sigma is not None:
+                line += f", noise_cond_aug_sigma {sampling.noise_cond_aug_sigma:g}"
+            if not given_keys:
+                line += " (from the checkpoint's model.sample_log)"
+            elif not own_keys:
+                line += " (from the command line)"
+            else:
+                line += f" ({', '.join(given_keys)} from the command line; {', '.join(own_keys)} from the checkpoint)"
+            resolved.append((sampling, line))
+        return resolved
+
     @torch.no_grad()
     def __call__(
         self,
         prompts: List[str],
-        samplings: List[StageSampling],
+        samplings: Optional[List[StageSampling]] = None,
         *,
         num_images_per_prompt: int = 1,
         batch_size: int = 16,
         seed: int = 0,
-        thresholding: str = "dynamic",
+        thresholding: Optional[str] = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """-> images [len(prompts) * num_images_per_prompt, C, H, W] in [-1, 1] at the last stage's size,
-        prompt-major order.
+        prompt-major order. Each stage samples with `stage_samplings(samplings, thresholding)`: what is given,
+        else the stage's own settings from its checkpoint.
 
         Batch k draws all its noise, stage after stage, from seed + k, so results do not depend on the
         device's other work or on how many batches run."""
-        if len(samplings) < len(self.stages):
-            raise ConfigError(f"samplings: {len(self.stages)} stages need {len(self.stages)} entries, got {len(samplings)}")
+        samplings = [sampling for sampling, _ in self.stage_samplings(samplings, thresholding)]
         texts = [
             (embed.repeat_interleave(num_images_per_prompt, 0), mask.repeat_interleave(num_images_per_prompt, 0))
             for embed, mask in self.embed_prompts(prompts)
@@ -165,7 +213,7 @@ class ImagenPipeline:
                     sampler=stage_sampling.sampler,
                     steps=stage_sampling.steps,
                     cfg_scale=stage_sampling.cfg,
-                    thresholding=thresholding,
+                    thresholding=stage_sampling.thresholding,
                     generator=generator,
                     precision=self.precision,
                 )
