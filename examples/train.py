@@ -16,12 +16,12 @@ def main(cfg) -> None:
     from nemo_imagen.models.imagen import MegatronImagen
     from nemo_imagen.models.trainer_builder import build_trainer
 
+    trainer = build_trainer(cfg)  # checks the `model` block first: a mistake there builds nothing
     demo = cfg.get("demo_data")
     if demo and not any(Path(demo.output_dir).glob("train-*.tar")):
         make_demo_dataset(
             demo.output_dir, num_samples=demo.num_samples, seed=demo.seed, image_size=demo.get("image_size", 64)
         )
-    trainer = build_trainer(cfg)
     model = MegatronImagen(cfg.model, trainer)
     trainer.fit(model)
     if trainer.global_rank == 0:

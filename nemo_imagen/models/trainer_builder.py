@@ -6,21 +6,24 @@ import lightning.pytorch as pl
 import torch
 from nemo.utils import logging
 from nemo.utils.exp_manager import exp_manager
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from nemo_imagen.models.checkpointing import AtomicCheckpointIO, ReliabilityCallback, tidy_checkpoint_dir
-from nemo_imagen.models.config import ConfigError, ReliabilityConfig
+from nemo_imagen.models.config import ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import gradient_accumulation_steps, trainer_data_parallel_size
 from nemo_imagen.precision import accelerator_device_type, choose_precision
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    """Derives gradient accumulation from the model's micro/global batch, builds the Trainer and lets
-    exp_manager attach TensorBoard, checkpointing and resume-if-exists.
+    """Checks the `model` block, derives gradient accumulation from the model's micro/global batch, builds the
+    Trainer and lets exp_manager attach TensorBoard, checkpointing and resume-if-exists.
+
+    A mistake in `model` raises `ConfigError` naming the key before anything is built (no run folder).
 
     Checkpoints are written atomically (``AtomicCheckpointIO``); ``ReliabilityCallback`` adds timed
     checkpoints and checkpoint-and-exit on the signals of ``model.reliability`` (it replaces NeMo's
     GPU-only preemption callback, which would save in the middle of a gradient accumulation)."""
+    typed, _ = validate_model_config(cfg.model)
     if cfg.trainer.get("logger") or cfg.trainer.get("enable_checkpointing"):
         raise ConfigError(
             "trainer.logger / trainer.enable_checkpointing: set both to False; exp_manager creates the "
@@ -38,7 +41,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     pl.seed_everything(cfg.model.seed, workers=True)
-    reliability = OmegaConf.merge(OmegaConf.structured(ReliabilityConfig), cfg.model.get("reliability") or {})
+    reliability = typed.reliability
     callback = ReliabilityCallback(reliability.checkpoint_every_n_minutes, list(reliability.checkpoint_on_signals))
     trainer = pl.Trainer(**cfg.trainer, plugins=[AtomicCheckpointIO()], callbacks=[callback])
     exp_cfg = cfg.get("exp_manager")

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from nemo_imagen.models.config import ConfigError, validate_model_config
 from nemo_imagen.models.prompts import read_prompts, warn_long_prompts
 from nemo_imagen.models.trainer_builder import build_trainer
-from tests.tiny import REPO, TINY_CONDITIONING, TINY_UNET, tiny_overrides
+from tests.tiny import REPO, TINY_CONDITIONING, TINY_UNET, run_example, tiny_overrides
 
 CONF = REPO / "examples/conf/base64-500m-edm.yaml"
 
@@ -50,6 +50,40 @@ def test_batch_that_does_not_divide_over_the_data_parallel_ranks_fails_before_th
     cfg.merge_with_dotlist(tiny_overrides(tmp_path, extra=["trainer.devices=3"]))  # 4 = 2 x 3 x ?
     with pytest.raises(ConfigError, match=r"model\.global_batch_size: 4 is not a multiple of .* data-parallel size \(3\)"):
         build_trainer(cfg)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.reliability.checkpoint_on_signals", ["SIGFOO"],
+     r"^model\.reliability\.checkpoint_on_signals: 'SIGFOO' is not one of SIGTERM, SIGUSR1, SIGUSR2, SIGINT$"),
+    ("model.reliability.checkpoint_every_hours", 1,
+     r"^model\.reliability\.checkpoint_every_hours: Key 'checkpoint_every_hours' not in 'ReliabilityConfig'$"),
+    ("model.unet.attention_type", "sparse", r"^model\.unet\.attention_type: 'sparse' is not one of"),
+])
+def test_build_trainer_checks_the_model_block_before_building_anything(tmp_path, key, value, message):
+    cfg = OmegaConf.load(CONF)
+    cfg.merge_with_dotlist(tiny_overrides(tmp_path / "exp"))
+    OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError, match=message):
+        build_trainer(cfg)
+    assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.reliability.checkpoint_on_signals=[SIGFOO]",
+     "error: model.reliability.checkpoint_on_signals: 'SIGFOO' is not one of SIGTERM, SIGUSR1, SIGUSR2, SIGINT"),
+    ("+model.reliability.checkpoint_every_hours=1",
+     "error: model.reliability.checkpoint_every_hours: Key 'checkpoint_every_hours' not in 'ReliabilityConfig'"),
+    ("+model.unet.nonsense=3", "error: model.unet.nonsense: Key 'nonsense' not in 'UNetConfig'"),
+])
+def test_train_py_reports_a_bad_model_key_in_one_line_and_leaves_no_run_folder(tmp_path, override, message):
+    """The quickstart as a user runs it: the `model` block is checked before exp_manager makes a run folder
+    and before the demo data is made."""
+    result = run_example("train.py", "--config-name", "quickstart", override, f"exp_manager.exp_dir={tmp_path}/exp",
+                         f"demo_data.output_dir={tmp_path}/demo", check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither a run folder nor demo data
 
 
 def test_prompts_file_with_blank_lines_bom_crlf_and_bad_bytes(tmp_path, caplog):
