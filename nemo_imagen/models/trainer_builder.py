@@ -1,9 +1,11 @@
 """Lightning Trainer and NeMo exp_manager set up from a training config, the way NeMo's Megatron builders did."""
+import math
 import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from nemo.utils import logging
 from nemo.utils.exp_manager import exp_manager
 from omegaconf import DictConfig, open_dict
@@ -22,7 +24,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
     Checkpoints are written atomically (``AtomicCheckpointIO``); ``ReliabilityCallback`` adds timed
     checkpoints and checkpoint-and-exit on the signals of ``model.reliability`` (it replaces NeMo's
-    GPU-only preemption callback, which would save in the middle of a gradient accumulation)."""
+    GPU-only preemption callback, which would save in the middle of a gradient accumulation), and
+    ``StepProgressBar`` gives the bar a total where the loader has no length."""
     typed, _ = validate_model_config(cfg.model)
     if cfg.trainer.get("logger") or cfg.trainer.get("enable_checkpointing"):
         raise ConfigError(
@@ -43,7 +46,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     pl.seed_everything(cfg.model.seed, workers=True)
     reliability = typed.reliability
     callback = ReliabilityCallback(reliability.checkpoint_every_n_minutes, list(reliability.checkpoint_on_signals))
-    trainer = pl.Trainer(**cfg.trainer, plugins=[AtomicCheckpointIO()], callbacks=[callback])
+    callbacks = [callback]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
+    trainer = pl.Trainer(**cfg.trainer, plugins=[AtomicCheckpointIO()], callbacks=callbacks)
     exp_cfg = cfg.get("exp_manager")
     if exp_cfg is not None:
         with open_dict(exp_cfg):
@@ -52,6 +58,33 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             tidy_checkpoint_dir(_checkpoint_dir(cfg, exp_cfg))
     exp_manager(trainer, exp_cfg)
     return trainer
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar; but over a loader without a length (the infinite webdataset sampler, synthetic
+    data), where Lightning shows `1400/?` and no ETA, it counts optimizer steps toward `trainer.max_steps` (one
+    step = accumulate_grad_batches micro batches), with an ETA from this run's rate. A resumed run's bar starts
+    at the step of its checkpoint."""
+
+    def _counts_steps(self, trainer) -> bool:
+        return trainer.max_steps > 0 and math.isinf(trainer.num_training_batches)
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if self._counts_steps(trainer) and not bar.disable:
+            bar.unit = "step"
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = bar.last_print_n = trainer.global_step  # the rate (ETA) counts this run's steps
+            bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._counts_steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, step = self.train_progress_bar, trainer.global_step
+        if step != bar.n and self._should_update(step, bar.total):  # once per optimizer step
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
 
 
 def _checkpoint_dir(cfg: DictConfig, exp_cfg: DictConfig) -> Path:
