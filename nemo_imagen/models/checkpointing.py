@@ -8,17 +8,19 @@
   killed run can leave behind (temporary files; a superseded ``last`` next to the newer one, which makes
   NeMo's resume refuse with "Multiple checkpoints ... that matches *last.ckpt").
 - ``ReliabilityCallback``: a checkpoint every ``checkpoint_every_n_minutes`` of wall-clock time, and on
-  SIGTERM / SIGUSR1 (SLURM's pre-emption warning) a checkpoint at the next optimizer-step boundary, then
-  a clean exit (status 0). Works in a plain process, with or without SLURM.
+  SIGTERM / SIGUSR1 (SLURM's pre-emption warning) a checkpoint at the next optimizer-step boundary, a message
+  on stderr saying so and how to resume, then a clean exit (status 0). Works in a plain process, with or
+  without SLURM.
 - ``capture_rng_state`` / ``restore_rng_state``: torch CPU and CUDA, numpy and python generator states.
 """
 import os
 import random
 import re
 import signal
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from nemo.utils import logging
 from nemo.utils.callbacks import NeMoModelCheckpoint
+
+from nemo_imagen.models.cli import resume_command
 
 SIGNALS = ("SIGTERM", "SIGUSR1")
 _TEMP_MARK = ".tmp-"
@@ -120,12 +124,15 @@ class ReliabilityCallback(Callback):
     A signal handler only sets a flag. Lightning itself would stop right after the current micro batch
     (its SIGTERM handling), possibly in the middle of a gradient accumulation and without a checkpoint;
     this callback defers that to the end of the optimizer step, writes the ``last`` checkpoint through
-    exp_manager's checkpoint callback and then exits with status 0 (Lightning's ``SIGTERMException``).
+    exp_manager's checkpoint callback, prints on stderr that the run stopped early and the command that
+    resumes it (with ``resume_overrides``, which ``build_trainer`` sets once exp_manager has chosen the run
+    folder), and then exits with status 0 (Lightning's ``SIGTERMException``).
     """
 
     def __init__(self, checkpoint_every_n_minutes: float = 0.0, signals: Sequence[str] = SIGNALS):
         self.interval_s = 60.0 * checkpoint_every_n_minutes
         self.signals = [getattr(signal, name) for name in signals]
+        self.resume_overrides: Optional[List[str]] = None
         self.received: Optional[int] = None
         self._previous_handlers: Dict[int, object] = {}
         self._last_save = time.monotonic()
@@ -166,11 +173,28 @@ class ReliabilityCallback(Callback):
             name = signal.Signals(self.received).name if self.received is not None else "a signal (other rank)"
             path = self.save_last(trainer)
             logging.info(f"reliability: {name} received; checkpoint at step {step} written to {path}; exiting")
+            if trainer.is_global_zero:
+                print(f"\n{self.stop_message(name, step, trainer.max_steps, path)}", file=sys.stderr, flush=True)
             raise SIGTERMException(0)
         time_due = self.interval_s > 0 and time.monotonic() - self._last_save >= self.interval_s
         if trainer.strategy.broadcast(time_due, src=0):
             path = self.save_last(trainer)
             logging.info(f"reliability: timed checkpoint at step {step}: {path}")
+
+    def stop_message(self, name: str, step: int, max_steps: int, path: str) -> str:
+        """What a user reads when a signal stopped the run: which signal, the step, the checkpoint, how to go on."""
+        of = f" of {max_steps}" if max_steps and max_steps > 0 else ""
+        lines = [f"Training stopped early: {name} received; the checkpoint of step {step}{of} is {path}"]
+        if self.resume_overrides is None:  # no exp_manager: Lightning's own resume
+            lines.append(f"To resume, pass ckpt_path={path!r} to Trainer.fit (docs/reliability.md)")
+            return "\n".join(lines)
+        command = resume_command(self.resume_overrides)
+        if command is None:
+            added = " ".join(self.resume_overrides)
+            command = f"the same training command{' with ' + added if added else ''}"
+        lines.append(f"To resume from it, run: {command}")
+        lines.append("(docs/reliability.md, \"Checkpoints and resume\")")
+        return "\n".join(lines)
 
     def save_last(self, trainer) -> str:
         """Writes the ``last`` checkpoint of the current step; returns its path."""

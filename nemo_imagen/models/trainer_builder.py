@@ -2,6 +2,7 @@
 import math
 import os
 from pathlib import Path
+from typing import List
 
 import lightning.pytorch as pl
 import torch
@@ -56,8 +57,23 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             exp_cfg.create_preemption_callback = False
         if exp_cfg.get("resume_if_exists"):
             tidy_checkpoint_dir(_checkpoint_dir(cfg, exp_cfg))
-    exp_manager(trainer, exp_cfg)
+    log_dir = exp_manager(trainer, exp_cfg)
+    if log_dir is not None:
+        callback.resume_overrides = resume_overrides(exp_cfg, Path(log_dir))
     return trainer
+
+
+def resume_overrides(exp_cfg, log_dir: Path) -> List[str]:
+    """The command-line overrides that make a rerun of this command resume from its `last` checkpoint (see
+    docs/reliability.md): none with `resume_if_exists` (the rerun looks in the same folder); otherwise
+    `resume_if_exists=True`, and the run's version folder, where exp_manager put its checkpoints."""
+    exp_cfg = exp_cfg or {}
+    if exp_cfg.get("resume_if_exists"):
+        return []
+    overrides = [f"{'' if 'resume_if_exists' in exp_cfg else '++'}exp_manager.resume_if_exists=True"]
+    if not exp_cfg.get("explicit_log_dir"):  # log_dir is exp_dir/name/version
+        overrides.append(f"++exp_manager.version={log_dir.name}")
+    return overrides
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -88,11 +104,12 @@ class StepProgressBar(TQDMProgressBar):
 
 
 def _checkpoint_dir(cfg: DictConfig, exp_cfg: DictConfig) -> Path:
-    """Where exp_manager keeps checkpoints when resume_if_exists is set (no version folder)."""
+    """Where exp_manager keeps checkpoints when resume_if_exists is set (no version folder unless
+    `exp_manager.version` names one, as the resume command of a stopped versioned run does)."""
     dirpath = (exp_cfg.get("checkpoint_callback_params") or {}).get("dirpath")
     if dirpath:
         return Path(dirpath)
     if exp_cfg.get("explicit_log_dir"):
         return Path(exp_cfg.explicit_log_dir) / "checkpoints"
     exp_dir = exp_cfg.get("exp_dir") or os.path.join(os.getcwd(), "nemo_experiments")
-    return Path(exp_dir) / (exp_cfg.get("name") or "default") / "checkpoints"
+    return Path(exp_dir) / (exp_cfg.get("name") or "default") / str(exp_cfg.get("version") or "") / "checkpoints"

@@ -1,7 +1,10 @@
 """Exact resume after SIGKILL, and checkpoint-then-exit on SIGTERM / SIGUSR1 (fault injection on real processes)."""
 import os
 import random
+import shlex
 import signal
+import subprocess
+import sys
 import time
 
 import torch
@@ -15,7 +18,7 @@ from tests.reliability.helpers import (
     wait_for,
     write_shard,
 )
-from tests.tiny import run_example
+from tests.tiny import REPO, run_example
 
 MAX_STEPS = 10
 
@@ -102,8 +105,8 @@ def signal_overrides(exp_dir, shards):
     ])
 
 
-def run_until_signal(exp_dir, shards, signum, whole_group):
-    process = start_training("--config-name", "base64-500m-edm", *signal_overrides(exp_dir, shards))
+def run_until_signal(exp_dir, shards, signum, whole_group, extra=()):
+    process = start_training("--config-name", "base64-500m-edm", *signal_overrides(exp_dir, shards), *extra)
     first = wait_for(lambda: last_checkpoints(exp_dir), process)[0]
     first_step = checkpoint_step(first)
     time.sleep(1.0)
@@ -126,3 +129,55 @@ def test_sigterm_and_sigusr1_write_a_checkpoint_of_the_current_step_and_exit_cle
         (last,) = last_checkpoints(exp_dir)
         assert checkpoint_step(last) == stopped_at > first_step  # fresh: newer than the timed one before the signal
         assert str(last) in line
+        # what the user reads (stderr, whatever the log level): the signal, the step, the checkpoint, how to go on;
+        # base64-500m-edm resumes by itself (exp_manager.resume_if_exists: True): the same command
+        same_command = shlex.join(["python", str(REPO / "examples" / "train.py"), "--config-name", "base64-500m-edm",
+                                   *signal_overrides(exp_dir, shards)])
+        assert stop_message(output) == [
+            f"Training stopped early: {signum.name} received; the checkpoint of step {stopped_at} of 10000 is {last}",
+            f"To resume from it, run: {same_command}",
+            '(docs/reliability.md, "Checkpoints and resume")',
+        ]
+
+
+def stop_message(output):
+    return output[output.index("Training stopped early:"):].splitlines()[:3]
+
+
+def test_stop_message_outside_a_script_and_without_exp_manager():
+    from nemo_imagen.models.checkpointing import ReliabilityCallback
+
+    callback = ReliabilityCallback(0, ["SIGTERM"])  # exp_manager did not run: Lightning's own resume
+    assert callback.stop_message("SIGTERM", 7, 100, "/x/last.ckpt").splitlines() == [
+        "Training stopped early: SIGTERM received; the checkpoint of step 7 of 100 is /x/last.ckpt",
+        "To resume, pass ckpt_path='/x/last.ckpt' to Trainer.fit (docs/reliability.md)",
+    ]
+    callback.resume_overrides = ["exp_manager.resume_if_exists=True"]  # this process (pytest) is no script
+    assert callback.stop_message("SIGUSR1", 7, -1, "/x/last.ckpt").splitlines()[:2] == [
+        "Training stopped early: SIGUSR1 received; the checkpoint of step 7 is /x/last.ckpt",
+        "To resume from it, run: the same training command with exp_manager.resume_if_exists=True",
+    ]
+
+
+def test_the_printed_command_resumes_a_stopped_run_that_had_no_resume_if_exists(tmp_path):
+    """The quickstart's case: without resume_if_exists, exp_manager keeps each run in its own version folder, which
+    a rerun with only resume_if_exists=True would not look in; the printed command names it."""
+    shards = make_shards(tmp_path)
+    exp_dir = tmp_path / "exp"
+    returncode, output, _ = run_until_signal(exp_dir, shards, signal.SIGTERM, False,
+                                             extra=["exp_manager.resume_if_exists=False"])
+    assert returncode == 0, output[-3000:]
+    (last,) = last_checkpoints(exp_dir)
+    stopped_at, version = checkpoint_step(last), last.parent.parent.name  # exp_dir/name/VERSION/checkpoints/
+    command = shlex.split(stop_message(output)[1].removeprefix("To resume from it, run: "))
+    assert command == ["python", str(REPO / "examples" / "train.py"), "--config-name", "base64-500m-edm",
+                       *signal_overrides(exp_dir, shards), "exp_manager.resume_if_exists=True",
+                       f"++exp_manager.version={version}"]
+    # run it (two more steps, so that it ends)
+    resumed = subprocess.run([sys.executable, *command[1:], f"trainer.max_steps={stopped_at + 2}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
+    (last,) = last_checkpoints(exp_dir)
+    assert (last.parent.parent.name, checkpoint_step(last)) == (version, stopped_at + 2)  # same folder, 2 steps on
