@@ -107,10 +107,12 @@ class _SharedUNetKeys:
     def _validate_groupnorm(self) -> None:
         for level in range(self.num_levels):
             ch = self.level_channels(level)
-            if ch % GROUPNORM_GROUPS:
+            groups = norm_groups(ch)
+            if groups < 1 or ch % groups:
                 raise ValueError(
                     f"unet.embed_dim: level {level} has {ch} channels (embed_dim {self.embed_dim} x "
-                    f"channel_mult {self.channel_mult[level]}), not divisible by {GROUPNORM_GROUPS} (GroupNorm groups)"
+                    f"channel_mult {self.channel_mult[level]}); GroupNorm needs a multiple of {GROUPNORM_GROUPS}, "
+                    f"or of {MIN_CHANNELS_PER_GROUP} below {GROUPNORM_GROUPS * MIN_CHANNELS_PER_GROUP}"
                 )
 
 

@@ -114,3 +114,14 @@ def test_per_head_channels_only_checked_where_attention_runs():
     assert cfg.level_channels(1) == 192
     with pytest.raises(ValueError, match=r"^unet\.per_head_channels: "):
         UNetConfig(embed_dim=96, channel_mult=[1, 2], image_size=32, attention_resolutions=[32], per_head_channels=64)
+
+
+def test_narrow_levels_need_four_channels_a_group_wide_levels_a_multiple_of_32():
+    # below 128 channels GroupNorm uses channels // 4 groups (norm_groups), so 16 and 24 channels are fine
+    cfg = UNetConfig(embed_dim=16, channel_mult=[1, 2, 4, 8], image_size=64, attention_resolutions=[8], per_head_channels=32)
+    assert [cfg.level_channels(level) for level in range(4)] == [16, 32, 64, 128]
+    UNetConfig(embed_dim=24, channel_mult=[1, 2], image_size=32, attention_resolutions=[16], per_head_channels=24)
+    with pytest.raises(ValueError, match=r"^unet\.embed_dim: level 0 has 18 channels"):
+        UNetConfig(embed_dim=18, channel_mult=[1, 2], image_size=32, attention_resolutions=[16], per_head_channels=18)
+    with pytest.raises(ValueError, match=r"^unet\.embed_dim: level 1 has 144 channels"):
+        UNetConfig(embed_dim=48, channel_mult=[1, 3], image_size=32, attention_resolutions=[16], per_head_channels=48)
