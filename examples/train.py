@@ -1,7 +1,8 @@
 """Train one Imagen stage: `python examples/train.py --config-name base64-500m [key=value ...]`.
 
 Ends by writing the `.nemo` (exp_manager) and a grid of samples for `model.sample_log.prompts`, and prints
-both paths. A top-level `demo_data` block (quickstart.yaml) first generates the demo shards if missing."""
+both paths. A top-level `demo_data` block (quickstart.yaml) first generates the demo shards if missing (and, with
+`precache_dir`, their copies with precached caption embeddings)."""
 from pathlib import Path
 
 from nemo_imagen.models.cli import check_command_line, exit_on_config_error
@@ -12,15 +13,23 @@ DEFAULT_CONFIG = "base64-500m"
 
 @exit_on_config_error
 def main(cfg) -> None:
-    from nemo_imagen.data.demo import make_demo_dataset
+    from nemo_imagen.data.demo import prepare_demo_dataset
     from nemo_imagen.models.imagen import MegatronImagen
     from nemo_imagen.models.trainer_builder import build_trainer
 
     trainer = build_trainer(cfg)  # checks the `model` block first: a mistake there builds nothing
     demo = cfg.get("demo_data")
-    if demo and not any(Path(demo.output_dir).glob("train-*.tar")):
-        make_demo_dataset(
-            demo.output_dir, num_samples=demo.num_samples, seed=demo.seed, image_size=demo.get("image_size", 64)
+    if demo:
+        text = cfg.model.conditioning
+        prepare_demo_dataset(
+            demo.output_dir,
+            num_samples=demo.num_samples,
+            seed=demo.seed,
+            image_size=demo.get("image_size", 64),
+            precache_dir=demo.get("precache_dir"),
+            encoder_path=text.get("encoder_path"),
+            precached_key=text.get("precached_key"),
+            token_length=text.token_length,
         )
     model = MegatronImagen(cfg.model, trainer)
     trainer.fit(model)

@@ -15,7 +15,8 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -188,3 +189,31 @@ def make_demo_dataset(
         _write_shard(path, seed, "val", range(num_val_samples), image_size)
         shards["val"].append(path)
     return shards
+
+
+def prepare_demo_dataset(
+    output_dir: str,
+    num_samples: int = 6000,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    precache_dir: Optional[str] = None,
+    encoder_path: Optional[str] = None,
+    precached_key: Optional[str] = None,
+    token_length: int = 128,
+) -> None:
+    """Makes the demo shards in ``output_dir`` unless they exist; with ``precache_dir``, also copies of them
+    carrying each caption's embedding by ``encoder_path`` under ``precached_key`` (embedded once here
+    instead of at every training step); an interrupted precache resumes with the shards it had not written."""
+    if not any(Path(output_dir).glob("train-*.tar")):
+        make_demo_dataset(output_dir, num_samples=num_samples, seed=seed, image_size=image_size)
+    if precache_dir:  # shards already written are skipped, and the encoder is loaded only if one is left
+        from nemo_imagen.data.precache import precache_embeddings  # loads transformers: only when needed
+
+        if not (encoder_path and precached_key):
+            raise ValueError(
+                "demo_data.precache_dir: precaching needs model.conditioning.encoder_path and precached_key"
+            )
+        shards = sorted(str(path) for path in Path(output_dir).glob("*.tar"))
+        precache_embeddings(
+            shards, precache_dir, encoder_path, precached_key=precached_key, token_length=token_length, progress=False
+        )

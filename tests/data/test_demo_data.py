@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from nemo_imagen.data.demo import (
+    prepare_demo_dataset,
     BACKGROUND_RANGE,
     COLOURS,
     IMAGE_SIZE,
@@ -21,6 +22,7 @@ from nemo_imagen.data.demo import (
     render,
 )
 from nemo_imagen.data.shards import iter_shard
+from nemo_imagen.text.embedding_format import decode_embedding
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTION = re.compile(
@@ -151,3 +153,24 @@ def test_render_at_256_is_the_same_picture_as_at_64():
         assert difference.mean() < 1.0 and (difference > 20).mean() < 0.02
     with pytest.raises(ValueError, match="image_size"):
         render(sample, 100)
+
+
+def test_prepare_precaches_each_caption_once_and_resumes_an_interrupted_precache(tmp_path, minilm):
+    out, cached = tmp_path / "demo", tmp_path / "demo" / "minilm"
+    kwargs = dict(num_samples=6, seed=3, precache_dir=str(cached), encoder_path="all-MiniLM-L6-v2",
+                  precached_key="embeddings_minilm", token_length=24)
+    prepare_demo_dataset(str(out), **kwargs)
+    samples = list(iter_shard(str(cached / "train-000000.tar")))
+    assert len(samples) == 6
+    key, entries = samples[4]
+    caption = entries["txt"].decode("utf-8")
+    stored = decode_embedding(entries["embeddings_minilm.npy"], minilm.embed_dim)
+    embed, mask = minilm.encode([caption], 24)
+    assert stored.shape == (int(mask.sum()), minilm.embed_dim)
+    np.testing.assert_allclose(stored, embed[0, : stored.shape[0]].numpy(), rtol=1e-3, atol=1e-4)
+    # a precache killed before its last shard: only the missing shard is written again
+    val_mtime = (cached / "val-000000.tar").stat().st_mtime_ns
+    (cached / "train-000000.tar").unlink()
+    prepare_demo_dataset(str(out), **kwargs)
+    assert len(list(iter_shard(str(cached / "train-000000.tar")))) == 6
+    assert (cached / "val-000000.tar").stat().st_mtime_ns == val_mtime
