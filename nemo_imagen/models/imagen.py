@@ -141,7 +141,9 @@ class MegatronImagen(MegatronImagenBase):
         images = batch[f"images_{resolutions[-1]}"] if typed.is_super_resolution else batch["images"]
         if typed.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        text_embed, text_mask = self._batch_text(batch)
+        profiler = self.trainer.profiler  # sections of `+trainer.profiler=simple` (docs/performance.md)
+        with profiler.profile("text_embeddings"):
+            text_embed, text_mask = self._batch_text(batch)
         batch_size = images.shape[0]
         lowres = batch[f"images_{resolutions[0]}"] if typed.is_super_resolution else None
         if self._log_batch is None:
@@ -158,9 +160,16 @@ class MegatronImagen(MegatronImagenBase):
             self.precond, batch["sample_keys"], typed.seed, self.trainer.global_step, images.shape[1:],
             typed.conditioning.drop_rate, self.device, lowres_shape=None if lowres is None else lowres.shape[1:],
         )
-        loss = diffusion_loss(
-            self.precond, self._net(), images, text_embed, text_mask, draws, lowres, typed.noise_cond_aug
-        )
+        with profiler.profile("diffusion_loss_forward"):
+            loss = diffusion_loss(
+                self.precond, self._net(), images, text_embed, text_mask, draws, lowres, typed.noise_cond_aug
+            )
+        with profiler.profile("logging"):
+            self._log_training_step(loss, batch)
+        return loss
+
+    def _log_training_step(self, loss, batch):
+        """Loss, learning rate, counters and the data pipeline's skip counts to the loggers."""
         self._loss_finite = self._loss_finite.to(loss.device) & torch.isfinite(loss.detach())
         self.log("reduced_train_loss", loss.detach(), prog_bar=True, sync_dist=self.data_parallel_size > 1)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
@@ -175,7 +184,6 @@ class MegatronImagen(MegatronImagenBase):
                     self.log(f"data/skipped_{kind}", float(count))
             faults = sum(self._skipped.get(kind, 0) for kind in FAULT_KINDS)
             self.log("data/bad_fraction", faults / max(1, self._samples_read + sum(self._skipped.values())))
-        return loss
 
     def on_train_start(self):
         if self.ema_unet is not None:
@@ -210,7 +218,8 @@ class MegatronImagen(MegatronImagenBase):
         super().optimizer_step(*args, **kwargs)
         # here, not in on_train_batch_end, so that a checkpoint written at this step includes this update
         if self.ema_unet is not None and not self._step_skipped:
-            self._update_ema(self.trainer.global_step)
+            with self.trainer.profiler.profile("ema_update"):
+                self._update_ema(self.trainer.global_step)
         self._step_skipped = False
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -218,7 +227,8 @@ class MegatronImagen(MegatronImagenBase):
         every = self.typed_cfg.sample_log.every_n_steps
         if every > 0 and step % every == 0 and step != self._last_sample_log_step:
             self._last_sample_log_step = step
-            self.log_sample_grid()
+            with self.trainer.profiler.profile("sample_grid"):
+                self.log_sample_grid()
 
     # ---- exact resume: what a checkpoint carries besides weights, optimizer, schedule and loop counters ----
     def on_save_checkpoint(self, checkpoint):
