@@ -76,7 +76,8 @@ def config_name_error(config_dir, name: str, label: Optional[str] = None) -> Opt
         return None
     close = difflib.get_close_matches(stem, names, n=1)
     hint = f"; did you mean {close[0]}?" if close else "."
-    return f"{label or '--config-name ' + name}: no such config in {_shown_dir(config_dir)}{hint} Configs: {', '.join(names)}"
+    label = label or f"--config-name {name}"
+    return f"{label}: no such config in {_shown_dir(config_dir)}{hint} Configs: {', '.join(names)}"
 
 
 def load_config(config_dir, name: str) -> Optional[DictConfig]:
@@ -213,12 +214,14 @@ def check_command_line(config_dir, default_config: str, argv: Optional[Sequence[
     """Exits with one `error: ...` line (status 2) when the command line of a Hydra script names a config that
     is not in `config_dir`, or overrides a key that the chosen config does not have. Runs in about a second,
     before the script imports anything heavy; Hydra still parses and applies the command line afterwards.
-    Command lines that this check cannot judge alone (another config path, multirun, help) pass through."""
+    Command lines that this check cannot judge alone (another config path or folder, help, info, a rerun) pass
+    through. The parser is Hydra's own, the one NeMo's `hydra_runner` uses."""
     from hydra._internal.utils import get_args_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)  # an unknown flag: argparse's one-line usage error, status 2
-    if args.experimental_rerun or args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir:
+    elsewhere = args.config_path or args.config_dir or args.experimental_rerun
+    if elsewhere or args.help or args.hydra_help or args.info or args.shell_completion:
         return
     name = args.config_name or default_config
     if "/" in name:

@@ -64,7 +64,8 @@ def test_an_unknown_config_name_lists_the_configs(capsys):
                     f"quickstart? Configs: {', '.join(CONFIGS)}")
     assert "base64-2b, base64-2b-edm, base64-500m" in line
     assert check_error(capsys, [], default="nothing-like-it") == (
-        f"error: --config-name nothing-like-it: no such config in {os.path.relpath(CONF)}. Configs: {', '.join(CONFIGS)}"
+        f"error: --config-name nothing-like-it: no such config in {os.path.relpath(CONF)}. "
+        f"Configs: {', '.join(CONFIGS)}"
     )
 
 
@@ -123,7 +124,8 @@ def run_script(script, *args, env=None):
 
 def imported(stderr):
     """Top-level packages in a `python -X importtime` report."""
-    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines() if line.startswith("import time:")}
+    lines = [line for line in stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines}
 
 
 def error_lines(stderr):
@@ -143,7 +145,8 @@ def error_lines(stderr):
     ("benchmark.py", ["--config-name", "base64-500m-edm", "mode=flops", "model.unet.chanel_mult=[1]"],
      "error: model.unet.chanel_mult: no such key in base64-500m-edm; did you mean model.unet.channel_mult?"),
     ("benchmark.py", ["mode=sample", "cascade=sr256-600m-edm", "cascade.model.unet.chanel_mult=[1]"],
-     "error: cascade.model.unet.chanel_mult: no such key in sr256-600m-edm; did you mean cascade.model.unet.channel_mult?"),
+     "error: cascade.model.unet.chanel_mult: no such key in sr256-600m-edm; "
+     "did you mean cascade.model.unet.channel_mult?"),
 ])
 def test_every_hydra_script_checks_its_command_line_before_importing_torch(script, args, message):
     result = run_script(script, *args)
@@ -177,9 +180,12 @@ def test_exit_on_config_error(capsys):
     for error, status, line in [
         (ConfigError("model.unet.attention_type: 'sparse' is not one of self, cross"), 2,
          "error: model.unet.attention_type: 'sparse' is not one of self, cross\n"),
-        (FileNotFoundError("prompts_file: nope.txt does not exist"), 2, "error: prompts_file: nope.txt does not exist\n"),
-        (DataFaultError("12% of the samples were broken"), 3, "error: the run stopped: 12% of the samples were broken\n"),
-        (NonFiniteStepError("20 non-finite steps in a row"), 3, "error: the run stopped: 20 non-finite steps in a row\n"),
+        (FileNotFoundError("prompts_file: nope.txt does not exist"), 2,
+         "error: prompts_file: nope.txt does not exist\n"),
+        (DataFaultError("12% of the samples were broken"), 3,
+         "error: the run stopped: 12% of the samples were broken\n"),
+        (NonFiniteStepError("20 non-finite steps in a row"), 3,
+         "error: the run stopped: 20 non-finite steps in a row\n"),
     ]:
         with pytest.raises(SystemExit) as stop:
             raising(error)()
@@ -220,7 +226,9 @@ def test_only_the_transformer_engine_apex_and_hydra_chdir_warnings_are_ignored()
                                module="someone.else")
         # NeMo's handler drops every warning of a category that has any "ignore" filter: none for UserWarning
         assert not [f for f in warnings.filters if f[0] == "ignore" and f[2] is UserWarning]
-    assert [str(w.message) for w in shown] == ["something else", "Transformer Engine and Apex are not installed. Falling back"]
+    assert [str(w.message) for w in shown] == [
+        "something else", "Transformer Engine and Apex are not installed. Falling back"  # from another module
+    ]
 
 
 def test_importing_the_model_shows_no_transformer_engine_warning_but_others():  # the NeMo handler included
