@@ -9,7 +9,7 @@ The config is a training config from examples/conf/, composed by Hydra with the 
 (`model.micro_batch_size=64`, `trainer.precision=32`, `model.inductor=False`, ...). The benchmark's own keys
 (mode, compare, device, warmup, steps, rounds, sample_batch, sampler, sample_steps, cfg_scale, thresholding,
 ceiling_size, seed, cascade, cascade_steps, cascade_cfg_scale: see `BenchConfig` in
-nemo_imagen/models/benchmarking.py) are given the same way; `cascade.KEY=VALUE` overrides the cascade's SR config.
+benchmarks/throughput.py) are given the same way; `cascade.KEY=VALUE` overrides the cascade's SR config.
 Prints one `key: value` line per figure; docs/performance.md explains them.
 """
 import argparse
@@ -20,6 +20,8 @@ from pathlib import Path
 from nemo_imagen.models.cli import config_name_error, exit_on_config_error, fail, override_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+# The benchmark lives outside the package, in the repository's benchmarks/ (a tool, not model code).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def check_names_and_keys(config_name, overrides):
@@ -74,7 +76,7 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value: benchmark keys and Hydra overrides")
     args = parser.parse_args(argv)
     check_names_and_keys(args.config_name, args.overrides)
-    from nemo_imagen.models.benchmarking import BenchConfig, parse_bench_config, run_benchmark  # torch: seconds
+    from benchmarks.throughput import BenchConfig, parse_bench_config, run_benchmark  # torch: seconds
 
     bench_keys = {f.name for f in fields(BenchConfig)}
     bench_values, stage_overrides, cascade_overrides = split_overrides(args.overrides, bench_keys)

@@ -67,7 +67,7 @@ REQUIRED_MODULES = [
     ("webdataset", "webdataset"),
     ("transformers", "transformers"),
     ("nemo_imagen.models.imagen", None),
-    ("nemo_imagen.models.benchmarking", None),
+    ("benchmarks.throughput", None),
 ]
 OPTIONAL_MODULES = [("diffusers", "diffusers"), ("triton", "triton"), ("pytest", "pytest")]
 PEER_MEMORY_GIB = 120  # base64-2b with the diffusers peer needs both models' weights and Adam state: H200, not H100
@@ -548,7 +548,7 @@ def compose(name: str, overrides: List[str]):
 
 def check_planned_configs(configs, bench: Dict[str, str]) -> str:
     """'ok', or the first error of composing / validating a stage's configs and benchmark keys."""
-    from nemo_imagen.models.benchmarking import parse_bench_config
+    from benchmarks.throughput import parse_bench_config
     from nemo_imagen.models.config import validate_model_config
 
     try:

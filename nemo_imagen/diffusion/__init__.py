@@ -1,5 +1,6 @@
 """Diffusion core: preconditioning (EDM, continuous DDPM), losses, noise schedules, samplers,
-classifier-free guidance and thresholding. Pure PyTorch, no parameters.
+classifier-free guidance and thresholding, and the training step (loss, per-sample draws, numerical guard,
+EMA). Pure PyTorch, no parameters.
 
 All samplers use the variance-exploding form x = x0 + sigma n and a denoiser D(x, sigma) -> x0_hat;
 each preconditioning turns a raw network net(x_in, noise_cond, **cond) into one (`precond.denoise`).
@@ -19,7 +20,6 @@ from .guidance import (
     THRESHOLDS,
     classifier_free_guidance,
     dynamic_threshold,
-    sample_drop_mask,
     static_threshold,
     threshold_denoiser,
 )
@@ -35,6 +35,18 @@ from .samplers import (
     sampling_sigmas,
 )
 from .schedules import karras_sigmas
+from .training import (
+    TrainingBatch,
+    TrainingDraws,
+    batched_draws,
+    diffusion_loss,
+    draw_per_sample,
+    drop_nonfinite_gradients,
+    sample_drop_mask,
+    train_step,
+    training_loss,
+    update_ema,
+)
 
 __all__ = [
     "LOSS_TYPES",
@@ -72,4 +84,13 @@ __all__ = [
     "sample_heun",
     "sampling_sigmas",
     "karras_sigmas",
+    "TrainingBatch",
+    "TrainingDraws",
+    "batched_draws",
+    "diffusion_loss",
+    "draw_per_sample",
+    "drop_nonfinite_gradients",
+    "train_step",
+    "training_loss",
+    "update_ema",
 ]

@@ -4,13 +4,6 @@ import torch
 from .utils import append_dims
 
 
-def sample_drop_mask(batch_size: int, drop_rate: float, generator=None, device=None) -> torch.Tensor:
-    """Training-time text dropout: [batch_size] bool, each True (unconditional) with probability drop_rate."""
-    if not 0.0 <= drop_rate <= 1.0:
-        raise ValueError(f"drop_rate: must be in [0, 1], got {drop_rate!r}")
-    return torch.rand(batch_size, generator=generator, device=device) < drop_rate
-
-
 def classifier_free_guidance(denoise_fn, scale: float):
     """Guided denoiser D(x, sigma) = uncond + scale (cond - uncond).
 

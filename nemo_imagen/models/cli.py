@@ -258,7 +258,7 @@ def exit_on_config_error(main):
             if isinstance(error, (FileNotFoundError, *_loaded_classes("nemo_imagen.models.config.ConfigError"))):
                 fail(str(error))
             stopped = _loaded_classes(
-                "nemo_imagen.data.webdataset_pipeline.DataFaultError", "nemo_imagen.models.numerics.NonFiniteStepError"
+                "nemo_imagen.data.webdataset_pipeline.DataFaultError", "nemo_imagen.diffusion.numerics.NonFiniteStepError"
             )
             if isinstance(error, stopped):
                 fail(f"the run stopped: {error}", RUN_STOPPED)

@@ -12,17 +12,19 @@ from nemo_imagen.diffusion import (
     SAMPLERS,
     build_preconditioning,
     classifier_free_guidance,
+    drop_nonfinite_gradients,
     lowres_inputs,
     sampling_augmentation_sigma,
     sampling_sigmas,
     threshold_denoiser,
+    training_loss,
+    update_ema,
 )
+from nemo_imagen.diffusion.numerics import NonFiniteGuard
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.images import image_grid, save_png
 from nemo_imagen.models.checkpointing import capture_rng_state, gather_from_ranks, restore_rng_state, step_seed
 from nemo_imagen.models.megatron_base import MegatronImagenBase
-from nemo_imagen.models.numerics import NonFiniteGuard, all_finite
-from nemo_imagen.models.training_noise import diffusion_loss, draw_per_sample
 from nemo_imagen.modules import build_unet
 from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
@@ -156,13 +158,11 @@ class MegatronImagen(MegatronImagenBase):
                 "data loaders (nemo_imagen.data) provide it, a custom loader must too"
             )
         # noise keyed by sample and step: the update does not depend on the data-parallel layout
-        draws = draw_per_sample(
-            self.precond, batch["sample_keys"], typed.seed, self.trainer.global_step, images.shape[1:],
-            typed.conditioning.drop_rate, self.device, lowres_shape=None if lowres is None else lowres.shape[1:],
-        )
         with profiler.profile("diffusion_loss_forward"):
-            loss = diffusion_loss(
-                self.precond, self._net(), images, text_embed, text_mask, draws, lowres, typed.noise_cond_aug
+            loss = training_loss(
+                self.precond, self._net(), images, text_embed, text_mask, seed=typed.seed,
+                step=self.trainer.global_step, sample_keys=batch["sample_keys"],
+                drop_rate=typed.conditioning.drop_rate, lowres=lowres, noise_cond_aug=typed.noise_cond_aug,
             )
         with profiler.profile("logging"):
             self._log_training_step(loss, batch)
@@ -201,12 +201,10 @@ class MegatronImagen(MegatronImagenBase):
 
     def on_before_optimizer_step(self, optimizer):
         """The numerical guard: a NaN/inf loss or gradient drops every gradient, so the step changes nothing."""
-        finite = all_finite(self._loss_finite, self.parameters())
+        finite = drop_nonfinite_gradients(self._loss_finite, self.parameters())
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self._loss_finite.device)
         self._step_skipped = not finite
         if not finite:
-            for param in self.parameters():
-                param.grad = None
             callback = self.trainer.checkpoint_callback
             self._guard.record(False, self.trainer.global_step, getattr(callback, "last_model_path", None))
         else:
@@ -281,14 +279,8 @@ class MegatronImagen(MegatronImagenBase):
         if hasattr(self._train_dl, "restore_counts"):
             self._train_dl.restore_counts(self._samples_read, self._skipped)
 
-    @torch.no_grad()
     def _update_ema(self, step: int):
-        decay = min(self.typed_cfg.ema.decay, (1 + step) / (10 + step))
-        ema_params = list(self.ema_unet.parameters())
-        params = [p.detach() for p in self.unet.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buffer, buffer in zip(self.ema_unet.buffers(), self.unet.buffers()):
-            ema_buffer.copy_(buffer)
+        update_ema(self.ema_unet, self.unet, self.typed_cfg.ema.decay, step)
 
     def log_sample_grid(self):
         """Samples the fixed prompts and writes a grid to TensorBoard (rank 0 only)."""

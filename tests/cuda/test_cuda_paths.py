@@ -100,7 +100,7 @@ def on(batch, device, channels_last=False):
 
 def loss_and_grads(typed, precond, net, module, batch, device, dtype=None, step=0):
     """One training step's loss (the model's own per-sample draws and loss) and backward: -> (loss, grads)."""
-    from nemo_imagen.models.training_noise import diffusion_loss, draw_per_sample
+    from nemo_imagen.diffusion.training import diffusion_loss, draw_per_sample
 
     module.zero_grad(set_to_none=True)
     draws = draw_per_sample(precond, batch.keys, typed.seed, step, batch.images.shape[1:],

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from nemo_imagen.models.benchmarking import (
+from benchmarks.throughput import (
     BenchConfig,
     build_diffusers_peer,
     count_flops,

@@ -171,7 +171,7 @@ def test_cli_module_imports_only_the_standard_library_and_omegaconf():
 def test_exit_on_config_error(capsys):
     from nemo_imagen.data.webdataset_pipeline import DataFaultError
     from nemo_imagen.models.config import ConfigError
-    from nemo_imagen.models.numerics import NonFiniteStepError
+    from nemo_imagen.diffusion.numerics import NonFiniteStepError
 
     def raising(error):
         @exit_on_config_error

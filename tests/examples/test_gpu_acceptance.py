@@ -198,7 +198,7 @@ def test_planned_configs_are_validated_before_running():
 # ---------------------------------------------------------------- figures as printed -> report rows
 @pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers (the bench extra) is not installed")
 def test_benchmark_figures_become_a_performance_table_row(tmp_path):
-    from nemo_imagen.models.benchmarking import BenchConfig, run_benchmark
+    from benchmarks.throughput import BenchConfig, run_benchmark
 
     unet = {**TINY_UNET, "image_size": 32, "attention_resolutions": [16]}
     overrides = [f"model.unet.{k}={v}".replace(" ", "") for k, v in unet.items()]

@@ -10,7 +10,7 @@ from megatron.core import parallel_state
 from omegaconf import OmegaConf
 
 from nemo_imagen.models.imagen import MegatronImagen
-from nemo_imagen.models.numerics import NonFiniteStepError
+from nemo_imagen.diffusion.numerics import NonFiniteStepError
 from nemo_imagen.models.trainer_builder import build_trainer
 from nemo_imagen.modules.attention import FusedAttentionBlock, SelfAttentionBlock, attention
 from tests.tiny import REPO, tiny_overrides

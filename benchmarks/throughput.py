@@ -2,9 +2,10 @@
 
 - Inputs are synthetic and live on the device: images in [-1, 1] and precached-style text embeddings with a
   mask, so neither the data loader nor a text encoder is measured.
-- `train`: the training step of `MegatronImagen` (noise draw, preconditioned loss, backward, gradient
-  clipping, the configured AdamW step, EMA update) under the autocast of `model.precision`, with the UNet
-  in channels-last and compiled when the config says so.
+- `train`: the training step of `MegatronImagen`, run by the same function its Lightning hooks call
+  (`nemo_imagen.diffusion.train_step`: per-sample noise draws, preconditioned loss, backward, numerical guard,
+  gradient clipping, the configured AdamW step, the warmed-up EMA update) under the autocast of
+  `model.precision`, with the UNet in channels-last and compiled when the config says so.
 - `sample`: `MegatronImagen.sample` (the configured sampler, classifier-free guidance as one batch).
 - `flops`: FLOP counts only, on the meta device, so full-size models cost no memory and no time.
 - Model FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, convolutions and
@@ -18,13 +19,14 @@
   round by round so that load from other processes affects both alike.
 """
 import contextlib
+import copy
 import dataclasses
 import itertools
 import math
 import platform
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -36,12 +38,13 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from nemo_imagen.diffusion import (
     SAMPLERS,
     THRESHOLDS,
+    TrainingBatch,
     build_preconditioning,
+    train_step,
+    training_loss,
 )
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import build_optimizer
-from nemo_imagen.models.numerics import all_finite
-from nemo_imagen.models.training_noise import batched_draws, diffusion_loss, draw_per_sample
 from nemo_imagen.modules.attention import attention_mode
 from nemo_imagen.modules import build_unet
 from nemo_imagen.modules.config import UNetConfig
@@ -240,7 +243,7 @@ class Contestant:
     module: nn.Module
     net: Callable
     optimizer: Optional[torch.optim.Optimizer] = None
-    ema_params: List[torch.Tensor] = field(default_factory=list)
+    ema: Optional[nn.Module] = None  # the EMA copy of `module`, when model.ema.enable
 
     @property
     def params(self) -> int:
@@ -250,7 +253,8 @@ class Contestant:
         """Weights, EMA copy and optimizer state: what stays allocated between steps (grads are freed)."""
         state = [t for s in (self.optimizer.state.values() if self.optimizer else ()) for t in s.values()
                  if torch.is_tensor(t)]
-        return tensor_bytes(self.module.parameters()) + tensor_bytes(self.ema_params) + tensor_bytes(state)
+        ema = list(self.ema.parameters()) if self.ema is not None else []
+        return tensor_bytes(self.module.parameters()) + tensor_bytes(ema) + tensor_bytes(state)
 
 
 class DiffusersPeer(nn.Module):
@@ -399,20 +403,31 @@ def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, 
                   None if lowres is None else lowres.to(device))
 
 
-def training_loss(typed, precond, net, inputs: Inputs, step: Optional[int]) -> torch.Tensor:
-    """The mean loss of a training step as `MegatronImagen.training_step` computes it for a batch from the data
-    loaders: each sample's draws keyed by (model.seed, step, sample key). step None (FLOP counting, also on
-    the meta device): batched draws instead, which cost the same model FLOPs."""
-    images, lowres = inputs.images, inputs.lowres
-    shapes = dict(image_shape=images.shape[1:], drop_rate=typed.conditioning.drop_rate, device=images.device,
-                  lowres_shape=None if lowres is None else lowres.shape[1:])
-    if step is None:
-        draws = batched_draws(precond, images.shape[0], **shapes)
-    else:
-        keys = [f"synthetic/{i}" for i in range(images.shape[0])]
-        draws = draw_per_sample(precond, keys, typed.seed, step, **shapes)
-    return diffusion_loss(
-        precond, net, images, inputs.text_embed, inputs.text_mask, draws, lowres, typed.noise_cond_aug
+def training_batch(inputs: Inputs, keyed: bool = True) -> TrainingBatch:
+    """The synthetic inputs as a training batch; each sample keyed `synthetic/{index}` as the synthetic data
+    loader keys it (keyed False: no keys, so the loss draws its noise batched, for FLOP counting)."""
+    keys = [f"synthetic/{i}" for i in range(inputs.images.shape[0])] if keyed else None
+    return TrainingBatch(inputs.images, inputs.text_embed, inputs.text_mask, keys, inputs.lowres)
+
+
+def flops_loss(typed, precond, net, inputs: Inputs) -> torch.Tensor:
+    """The training loss with batched draws (the meta device has no per-sample generators; same model FLOPs)."""
+    batch = training_batch(inputs, keyed=False)
+    return training_loss(
+        precond, net, batch.images, batch.text_embed, batch.text_mask, seed=typed.seed, step=0, sample_keys=None,
+        drop_rate=typed.conditioning.drop_rate, lowres=batch.lowres, noise_cond_aug=typed.noise_cond_aug,
+    )
+
+
+def model_train_step(typed, precond, contestant: "Contestant", batch: TrainingBatch, step: int, grad_clip: float,
+                     scaler=None, autocast_fn=None):
+    """One training step of `contestant` exactly as MegatronImagen trains: `nemo_imagen.diffusion.train_step`
+    with the model config's seed, text-drop rate, noise augmentation and EMA decay. -> (loss, step taken)."""
+    return train_step(
+        contestant.optimizer, precond, contestant.module, batch, step=step, seed=typed.seed,
+        drop_rate=typed.conditioning.drop_rate, noise_cond_aug=typed.noise_cond_aug, net=contestant.net,
+        ema_unet=contestant.ema, ema_decay=typed.ema.decay, grad_clip=grad_clip, scaler=scaler,
+        autocast=autocast_fn,
     )
 
 
@@ -539,11 +554,11 @@ def _train_flops(typed, precond, module, inputs: Inputs, dtype, device) -> Dict[
 
     def forward():
         with torch.no_grad(), autocast(device, dtype):
-            training_loss(typed, precond, module, inputs, None)
+            flops_loss(typed, precond, module, inputs)
 
     def forward_backward():
         with autocast(device, dtype):
-            loss = training_loss(typed, precond, module, inputs, None)
+            loss = flops_loss(typed, precond, module, inputs)
         loss.backward()
 
     forward_flops = count_flops(forward)
@@ -575,14 +590,13 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
 
     ours = Contestant(
         "ours", f"nemo_imagen UNet ({typed.unet_type})", stage.unet, stage._net(),
-        build_optimizer(stage.unet.parameters(), typed.optim),
-        list(stage.ema_unet.parameters()) if stage.ema_unet is not None else [],
+        build_optimizer(stage.unet.parameters(), typed.optim), stage.ema_unet,
     )
     contestants = [ours]
     if bench.compare == "diffusers":
         peer_module, _, description = build_diffusers_peer(typed, ours.params)
         net = _prepare(peer_module, device, typed.channels_last, typed.unet.gradient_checkpointing, compile_)
-        ema = [p.detach().clone() for p in peer_module.parameters()] if typed.ema.enable else []
+        ema = copy.deepcopy(peer_module).requires_grad_(False).eval() if typed.ema.enable else None
         contestants.append(Contestant("peer", description, peer_module, net,
                                       build_optimizer(peer_module.parameters(), typed.optim), ema))
     # fp16 (16-mixed) needs a loss scaler, one per model as each has its own optimizer
@@ -597,39 +611,16 @@ def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
         for name, per_image in flops[contestant.key].items():
             _flops_line(report, contestant.key, name, per_image * batch, batch)
 
-    decay = typed.ema.decay
-
+    batch_inputs = training_batch(inputs)
     steps_done = {c.key: 0 for c in contestants}
 
-    def train_step(contestant: Contestant):
+    def one_step(contestant: Contestant):
         step = steps_done[contestant.key]
         steps_done[contestant.key] += 1
-        with autocast(device, dtype):
-            loss = training_loss(typed, stage.precond, contestant.net, inputs, step)
-        params = [p for p in contestant.module.parameters() if p.requires_grad]
-        scaler = scalers[contestant.key]
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(contestant.optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        # the training run's numerical guard (one host sync per step): a non-finite step changes nothing
-        if not all_finite(torch.isfinite(loss.detach()), params):
-            contestant.optimizer.zero_grad(set_to_none=True)
-            return
-        if scaler is not None:
-            scaler.step(contestant.optimizer)
-            scaler.update()
-        else:
-            contestant.optimizer.step()
-        contestant.optimizer.zero_grad(set_to_none=True)
-        if contestant.ema_params:
-            with torch.no_grad():
-                torch._foreach_lerp_(contestant.ema_params, [p.detach() for p in params], 1.0 - decay)
+        model_train_step(typed, stage.precond, contestant, batch_inputs, step, grad_clip, scalers[contestant.key],
+                         lambda: autocast(device, dtype))
 
-    seconds, peaks = _timed_rounds(contestants, train_step, bench, device)
+    seconds, peaks = _timed_rounds(contestants, one_step, bench, device)
     _throughput(report, contestants, seconds, peaks, "train_flops_per_image", flops, batch, bench, device, ceiling,
                 "step")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nemo_imagen.diffusion import EDMConfig, EDMPreconditioning
-from nemo_imagen.models.training_noise import batched_draws, diffusion_loss, draw_per_sample
+from nemo_imagen.diffusion.training import batched_draws, diffusion_loss, draw_per_sample
 
 
 def recording_net(calls):

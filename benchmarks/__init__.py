@@ -1,0 +1,1 @@
+"""Tools that measure the package, outside it: `throughput` (run by examples/benchmark.py)."""
