@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .noise_aug import lowres_inputs, training_augmentation_sigma
@@ -41,6 +42,15 @@ def sample_seed(seed: int, step: int, key: str) -> int:
     """A 63-bit seed from (seed, step, key); stable across processes (Python's str hash is salted per process)."""
     digest = hashlib.blake2b(f"{seed}/{step}/{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def step_seed(seed: int, epoch: int, batch_in_epoch: int, rank: int) -> int:
+    """The seed of one training micro batch's randomness (noise levels, noise, text dropout, dropout).
+
+    Seeding each micro batch from its position, instead of letting one generator run on, makes a resumed
+    run draw exactly what the uninterrupted run drew, whatever else consumed random numbers in between
+    (e.g. a DataLoader drawing its workers' base seed when an epoch starts)."""
+    return int(np.random.SeedSequence([seed, epoch, batch_in_epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def draw_per_sample(

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from nemo_imagen.evaluation.clip_score import ClipScorer
 from nemo_imagen.evaluation.fid import FeatureStats, GaussianStats, frechet_distance, load_stats
 from nemo_imagen.evaluation.generation import image_path
-from nemo_imagen.evaluation.images import centre_square, fingerprint, iter_reference_batches, list_reference_images, to_tensor
+from nemo_imagen.evaluation.reference_images import centre_square, fingerprint, iter_reference_batches, list_reference_images, to_tensor
 
 
 def _feature_dim(extractor, device) -> int:

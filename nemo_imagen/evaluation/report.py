@@ -26,14 +26,6 @@ def write_csv(rows: List[Row], path) -> Path:
     return path
 
 
-def read_csv(path) -> List[Row]:
-    with Path(path).open(newline="", encoding="utf-8") as file:
-        return [
-            Row(float(r["cfg"]), float(r["fid"]), float(r["clip_score"]), r["feature_extractor"], r["clip_model"], int(r["n"]))
-            for r in csv.DictReader(file)
-        ]
-
-
 def plot_fid_clip(rows: List[Row], path) -> Path:
     """FID (y) against CLIP score (x), one point per guidance scale, labelled with it."""
     import matplotlib

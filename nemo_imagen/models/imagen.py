@@ -16,15 +16,16 @@ from nemo_imagen.diffusion import (
     lowres_inputs,
     sampling_augmentation_sigma,
     sampling_sigmas,
+    step_seed,
     threshold_denoiser,
     training_loss,
     update_ema,
 )
 from nemo_imagen.diffusion.numerics import NonFiniteGuard
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
-from nemo_imagen.models.images import image_grid, save_png
-from nemo_imagen.models.checkpointing import capture_rng_state, gather_from_ranks, restore_rng_state, step_seed
-from nemo_imagen.models.megatron_base import MegatronImagenBase
+from nemo_imagen.models.megatron_base import MegatronImagenBase, gather_from_ranks
+from nemo_imagen.models.reliability import capture_rng_state, restore_rng_state
+from nemo_imagen.models.sample_grid import image_grid, save_png
 from nemo_imagen.modules import build_unet
 from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder

@@ -56,6 +56,15 @@ def build_optimizer(parameters, optim_cfg) -> torch.optim.AdamW:
     )
 
 
+def gather_from_ranks(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (a one-element list without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
+
+
 class MegatronImagenBase(ModelPT):
     """Parallel state, batch arithmetic and optimizer setup for a data-parallel NeMo model."""
 

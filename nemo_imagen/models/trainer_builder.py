@@ -11,7 +11,7 @@ from nemo.utils import logging
 from nemo.utils.exp_manager import exp_manager
 from omegaconf import DictConfig, open_dict
 
-from nemo_imagen.models.checkpointing import AtomicCheckpointIO, ReliabilityCallback, tidy_checkpoint_dir
+from nemo_imagen.models.reliability import AtomicCheckpointIO, ReliabilityCallback, tidy_checkpoint_dir
 from nemo_imagen.models.config import ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import gradient_accumulation_steps, trainer_data_parallel_size
 from nemo_imagen.precision import accelerator_device_type, choose_precision

@@ -100,7 +100,7 @@ def test_end_to_end_shards_rerun_csv_and_plot(quickstart, evaluator, tiny_clip, 
     from nemo_imagen.evaluation.captions import draw_captions, read_captions
     from nemo_imagen.evaluation.clip_score import ClipScorer
     from nemo_imagen.evaluation.fid import EfficientNetLite0Features
-    from nemo_imagen.evaluation.images import centre_square, iter_reference_batches, list_reference_images, to_tensor
+    from nemo_imagen.evaluation.reference_images import centre_square, iter_reference_batches, list_reference_images, to_tensor
 
     nemo, demo = quickstart
     run = lambda values: evaluator.run_evaluation(evaluator.eval_config_from(OmegaConf.create(values)))  # noqa: E731

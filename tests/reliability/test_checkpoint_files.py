@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nemo_imagen.models import checkpointing
-from nemo_imagen.models.checkpointing import AtomicCheckpointIO, tidy_checkpoint_dir
+from nemo_imagen.models.reliability import AtomicCheckpointIO, tidy_checkpoint_dir
 
 
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

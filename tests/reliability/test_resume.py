@@ -145,7 +145,7 @@ def stop_message(output):
 
 
 def test_stop_message_outside_a_script_and_without_exp_manager():
-    from nemo_imagen.models.checkpointing import ReliabilityCallback
+    from nemo_imagen.models.reliability import ReliabilityCallback
 
     callback = ReliabilityCallback(0, ["SIGTERM"])  # exp_manager did not run: Lightning's own resume
     assert callback.stop_message("SIGTERM", 7, 100, "/x/last.ckpt").splitlines() == [

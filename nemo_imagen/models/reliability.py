@@ -208,21 +208,3 @@ class ReliabilityCallback(Callback):
             return callback.last_model_path  # the step-interval save just wrote it
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
         return callback.last_model_path
-
-
-def step_seed(seed: int, epoch: int, batch_in_epoch: int, rank: int) -> int:
-    """The seed of one training micro batch's randomness (noise levels, noise, text dropout, dropout).
-
-    Seeding each micro batch from its position, instead of letting one generator run on, makes a resumed
-    run draw exactly what the uninterrupted run drew, whatever else consumed random numbers in between
-    (e.g. a DataLoader drawing its workers' base seed when an epoch starts)."""
-    return int(np.random.SeedSequence([seed, epoch, batch_in_epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def gather_from_ranks(obj) -> list:
-    """[obj of rank 0, obj of rank 1, ...] (a one-element list without a process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, obj)
-        return gathered
-    return [obj]

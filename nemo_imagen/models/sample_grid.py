@@ -1,4 +1,5 @@
-"""Converting model outputs to pictures: uint8 arrays, grids and PNG files."""
+"""Writing generated images: uint8 arrays, sample grids and PNG files. (Reading reference images for
+evaluation: evaluation/reference_images.py.)"""
 import math
 from pathlib import Path
 from typing import Optional

@@ -1,5 +1,5 @@
-"""Reading images for evaluation: real reference images (a folder or webdataset shards) and generated PNGs,
-brought to one square resolution as uint8 tensors."""
+"""Reading real reference images for evaluation (a folder or webdataset shards), brought to one square
+resolution as uint8 tensors. (Writing generated images: models/sample_grid.py.)"""
 import hashlib
 import io
 import tarfile
@@ -84,14 +84,3 @@ def iter_reference_batches(
         for archive in open_tars.values():
             archive.close()
 
-
-def load_images(files: Sequence[Path], resolution: int = 0) -> torch.Tensor:
-    """Generated PNGs -> uint8 [B, 3, H, W]; resized (bicubic) to `resolution` when given and different."""
-    images = []
-    for file in files:
-        with Image.open(file) as image:
-            image = image.convert("RGB")
-            if resolution and image.size != (resolution, resolution):
-                image = centre_square(image, resolution)
-            images.append(image)
-    return to_tensor(images)
