@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nemo_imagen.models import checkpointing
+from nemo_imagen.models import reliability
 from nemo_imagen.models.reliability import AtomicCheckpointIO, tidy_checkpoint_dir
 
 
@@ -16,7 +16,7 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, m
         stream.flush()
         raise KeyboardInterrupt("killed in the middle of the write")
 
-    monkeypatch.setattr(checkpointing.torch, "save", dying_save)
+    monkeypatch.setattr(reliability.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"global_step": 5}, path)
     monkeypatch.undo()
