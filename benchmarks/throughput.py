@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from nemo_imagen.data.synthetic import synthetic_text_batch
 from nemo_imagen.diffusion import (
     SAMPLERS,
     THRESHOLDS,
@@ -383,7 +384,8 @@ class Inputs:
 
 def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, sampling: bool = False) -> Inputs:
     """Images at the stage's training resolution (its output size when `sampling`), text embeddings with a
-    real prefix of random length, and for an SR stage its low-res input."""
+    real prefix of random length (as the synthetic data loader makes them), and for an SR stage its low-res
+    input."""
     generator = torch.Generator().manual_seed(seed)
     unet, cond = typed.unet, typed.conditioning
     if sampling:
@@ -392,9 +394,7 @@ def synthetic_inputs(typed, batch: int, device, seed: int, channels_last: bool, 
         resolutions = typed.training_resolutions()
         size, low = resolutions[-1], resolutions[0] if typed.is_super_resolution else None
     images = torch.rand(batch, unet.channels, size, size, generator=generator) * 2 - 1
-    text_embed = torch.randn(batch, cond.token_length, cond.embed_dim, generator=generator)
-    lengths = torch.randint(1, cond.token_length + 1, (batch, 1), generator=generator)
-    text_mask = torch.arange(cond.token_length)[None] < lengths
+    text_embed, text_mask = synthetic_text_batch(batch, cond.token_length, cond.embed_dim, generator)
     lowres = None if low is None else torch.rand(batch, unet.channels, low, low, generator=generator) * 2 - 1
     images = images.to(device)
     if channels_last:

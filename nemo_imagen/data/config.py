@@ -21,15 +21,13 @@ Example (a base 64x64 stage)::
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from nemo_imagen.config_checks import is_int
+
 RESOLUTION_FILTER_METHODS = ("larger", "smaller")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_positive_int(value, key: str) -> None:
-    if not _is_int(value) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(f"{key}: {value!r} is not a positive integer")
 
 
@@ -156,7 +154,7 @@ class WebdatasetConfig:
     shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
-        if not _is_int(self.shuffle_buffer) or self.shuffle_buffer < 0:
+        if not is_int(self.shuffle_buffer) or self.shuffle_buffer < 0:
             raise ValueError(f"data.webdataset.shuffle_buffer: {self.shuffle_buffer!r} is not a non-negative integer")
 
 
@@ -185,7 +183,7 @@ class DataConfig:
     bad_fraction_min_samples: int = 1000
 
     def __post_init__(self) -> None:
-        if not _is_int(self.num_workers) or self.num_workers < 0:
+        if not is_int(self.num_workers) or self.num_workers < 0:
             raise ValueError(f"data.num_workers: {self.num_workers!r} is not a non-negative integer")
         _check_positive_int(self.synthetic_data_length, "data.synthetic_data_length")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

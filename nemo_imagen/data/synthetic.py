@@ -5,6 +5,21 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
+def synthetic_text(token_length: int, embed_dim: int, generator: torch.Generator):
+    """One sample's random text: (embedding [L, D], mask [L] bool) with a random number (1..L) of real tokens,
+    each standard normal, and zeros in the padding tail (as an encoder's padded output)."""
+    num_tokens = int(torch.randint(1, token_length + 1, (1,), generator=generator))
+    text_embed = torch.zeros(token_length, embed_dim)
+    text_embed[:num_tokens] = torch.randn(num_tokens, embed_dim, generator=generator)
+    return text_embed, torch.arange(token_length) < num_tokens
+
+
+def synthetic_text_batch(batch_size: int, token_length: int, embed_dim: int, generator: torch.Generator):
+    """`synthetic_text` for a batch: (text_embed [B, L, D], text_mask [B, L] bool), drawn sample after sample."""
+    embeds, masks = zip(*(synthetic_text(token_length, embed_dim, generator) for _ in range(batch_size)))
+    return torch.stack(embeds), torch.stack(masks)
+
+
 class SyntheticImageTextDataset(IterableDataset):
     """Yields `length` samples per rank: random images in [-1, 1] and random token embeddings.
 
@@ -49,13 +64,11 @@ class SyntheticImageTextDataset(IterableDataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         top = self.resolutions[-1]
         image = torch.rand(self.channels, top, top, generator=generator) * 2 - 1
-        num_tokens = int(torch.randint(1, self.token_length + 1, (1,), generator=generator))
-        text_embed = torch.zeros(self.token_length, self.embed_dim)
-        text_embed[:num_tokens] = torch.randn(num_tokens, self.embed_dim, generator=generator)
+        text_embed, text_mask = synthetic_text(self.token_length, self.embed_dim, generator)
         sample = {
             "images": image,
             self.out_key: text_embed,
-            f"{self.out_key}_mask": torch.arange(self.token_length) < num_tokens,
+            f"{self.out_key}_mask": text_mask,
             "captions": f"synthetic sample {index}",
             "sample_keys": f"synthetic/{index}",
         }

@@ -51,18 +51,15 @@ class EDMPreconditioning:
         """lambda(sigma): [B]; see `edm_loss_weight`."""
         return edm_loss_weight(sigma, self.cfg.sigma_data)
 
-    def sample_sigma(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
-        """Training noise levels, ln(sigma) ~ N(p_mean, p_std^2): [batch_size] float32."""
+    def sample_training_sigma(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
+        """Training noise levels, ln(sigma) ~ N(p_mean, p_std^2): [batch_size] float32 (the name every
+        preconditioning shares)."""
         ln_sigma = torch.randn(batch_size, generator=generator, device=device) * self.cfg.p_std + self.cfg.p_mean
         return ln_sigma.exp()
 
     def sigmas(self, n: int) -> torch.Tensor:
         """The sampling schedule: n Karras noise levels from sigma_max to sigma_min, then 0: [n + 1]."""
         return karras_sigmas(n, self.sigma_min, self.sigma_max, self.cfg.rho)
-
-    def sample_training_sigma(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
-        """The training noise distribution, under the name every preconditioning shares: [batch_size]."""
-        return self.sample_sigma(batch_size, generator=generator, device=device)
 
     def network_input(self, x: torch.Tensor, sigma: torch.Tensor):
         """What the raw network sees for noisy images x = x0 + sigma n: (c_in x, c_noise), [B, ...] and [B]."""
@@ -81,7 +78,7 @@ class EDMPreconditioning:
     def loss(self, net, x0: torch.Tensor, generator=None, sigma=None, noise=None, **cond) -> torch.Tensor:
         """Per-sample training loss: [B].
 
-        x0: [B, C, H, W] clean images; sigma: [B] noise levels, drawn with `sample_sigma` when None;
+        x0: [B, C, H, W] clean images; sigma: [B] noise levels, drawn with `sample_training_sigma` when None;
         noise: [B, C, H, W] standard normal n, drawn from `generator` when None.
         With r = sqrt(lambda(sigma)) (D(x0 + sigma n, sigma) - x0), n ~ N(0, I) from `generator`:
           l2:    mean(r^2) = lambda mean((D - x0)^2), the paper's loss;
@@ -91,7 +88,7 @@ class EDMPreconditioning:
         three losses act on the quantity the network outputs, at unit scale for every sigma.
         """
         if sigma is None:
-            sigma = self.sample_sigma(x0.shape[0], generator=generator, device=x0.device)
+            sigma = self.sample_training_sigma(x0.shape[0], generator=generator, device=x0.device)
         n = noise if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x = x0 + append_dims(sigma, x0.ndim) * n
         D_x = self.denoise(net, x, sigma, **cond)

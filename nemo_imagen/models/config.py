@@ -12,11 +12,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nemo_imagen.data.config import DataConfig
 from nemo_imagen.diffusion import THRESHOLDS, preconditioning_config_class
-from nemo_imagen.modules import unet_config_class
+from nemo_imagen.modules import SUPER_RESOLUTION_UNET_TYPES, unet_config_class
 from nemo_imagen.text.config import ConditioningConfig
-
-SUPER_RESOLUTION_UNET_TYPES = ("sr", "sr-unet")
-UNET_TYPES = ("base",) + SUPER_RESOLUTION_UNET_TYPES
 
 
 class ConfigError(ValueError):
@@ -128,8 +125,10 @@ class ImagenConfig:
     # `base`: the regular UNet of a 64x64 base stage; `sr-unet` (regular UNet) and `sr` (Efficient UNet):
     # super-resolution stages, which also take the stage below's image (see `low_resolution`).
     unet_type: str = "base"
-    # Typed by `unet_type` (UNetConfig or EfficientUNetConfig), checked in `validate_model_config`.
-    unet: Dict[str, Any] = field(default_factory=dict)
+    # UNetConfig or EfficientUNetConfig (modules/config.py), by `unet_type`: `validate_model_config` merges the
+    # block into that dataclass and stores the object here. `Any`, because OmegaConf's structured configs take no
+    # Union of dataclasses; the YAML block is a mapping until then.
+    unet: Any = field(default_factory=dict)
     # Noise-conditioning augmentation of an SR stage's low-res input (NeMo's key): a random corruption
     # level in training, `noise_cond_aug_sigma` at sampling (null = the preconditioning's sigma_min).
     noise_cond_aug: bool = False
@@ -137,8 +136,9 @@ class ImagenConfig:
     seed: int = 1234
     resume_from_checkpoint: Optional[str] = None
     preconditioning_type: str = "EDM"
-    # Typed by `preconditioning_type` (EDMConfig or DDPMConfig), checked in `validate_model_config`.
-    preconditioning: Dict[str, Any] = field(default_factory=dict)
+    # EDMConfig or DDPMConfig (diffusion/config.py), by `preconditioning_type`, stored by `validate_model_config`
+    # as for `unet` (`Any` for the same reason).
+    preconditioning: Any = field(default_factory=dict)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -174,8 +174,7 @@ class ImagenConfig:
         return self.unet.image_size // self.upscale_factor if self.is_super_resolution else None
 
     def __post_init__(self):
-        if self.unet_type not in UNET_TYPES:
-            raise ConfigError(f"model.unet_type: {self.unet_type!r} is not one of {', '.join(UNET_TYPES)}")
+        # unet_type is checked once, by `unet_config_class` in `validate_model_config`
         if self.noise_cond_aug_sigma is not None and not self.noise_cond_aug_sigma > 0:
             raise ConfigError(f"model.noise_cond_aug_sigma: {self.noise_cond_aug_sigma} must be > 0 (or null)")
         for key in ("micro_batch_size", "global_batch_size"):
@@ -219,10 +218,11 @@ def validate_model_config(cfg: DictConfig):
         except ValueError as error:
             raise ConfigError(f"model.{error}") from None
         precond = _merge_block(precond_schema, cfg.get("preconditioning"), "model.preconditioning")
-        unet_type = merged.unet_type
-        if unet_type not in UNET_TYPES:
-            raise ConfigError(f"model.unet_type: {unet_type!r} is not one of {', '.join(UNET_TYPES)}")
-        unet = _merge_block(OmegaConf.structured(unet_config_class(unet_type)), cfg.get("unet"), "model.unet")
+        try:
+            unet_schema = OmegaConf.structured(unet_config_class(merged.unet_type))
+        except ValueError as error:
+            raise ConfigError(f"model.{error}") from None
+        unet = _merge_block(unet_schema, cfg.get("unet"), "model.unet")
     except OmegaConfBaseException as error:
         raise _clean_error(error, "model") from None
     try:

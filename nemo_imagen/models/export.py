@@ -5,6 +5,7 @@ from typing import Dict, List, Optional
 import torch
 from omegaconf import OmegaConf
 
+from nemo_imagen.data.synthetic import synthetic_text_batch
 from nemo_imagen.models.imagen import MegatronImagen
 from nemo_imagen.models.pipeline import model_from_lightning_checkpoint
 
@@ -43,18 +44,20 @@ class DenoiserGraph(torch.nn.Module):
 
 def example_inputs(model: MegatronImagen, batch_size: int = 2, image_size: Optional[int] = None, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Random inputs of the stage's UNet by name: x [B, C, H, W], noise_cond [B], text_embed [B, L, D],
-    text_mask [B, L] bool (a random length per sample), drop_text [B] bool, and for SR stages lowres
+    text_mask [B, L] bool (`data.synthetic.synthetic_text_batch`: a random length per sample), drop_text [B] bool, and for SR stages lowres
     [B, C, h, w] (and lowres_noise_cond [B]). `image_size` defaults to the UNet's."""
     typed = model.typed_cfg
     generator = torch.Generator().manual_seed(seed)
     size = image_size or typed.unet.image_size
     channels, length = typed.unet.channels, typed.conditioning.token_length
-    lengths = torch.randint(1, length + 1, (batch_size,), generator=generator)
+    x = torch.randn(batch_size, channels, size, size, generator=generator)
+    noise_cond = torch.randn(batch_size, generator=generator)
+    text_embed, text_mask = synthetic_text_batch(batch_size, length, typed.conditioning.embed_dim, generator)
     inputs = {
-        "x": torch.randn(batch_size, channels, size, size, generator=generator),
-        "noise_cond": torch.randn(batch_size, generator=generator),
-        "text_embed": torch.randn(batch_size, length, typed.conditioning.embed_dim, generator=generator),
-        "text_mask": torch.arange(length)[None] < lengths[:, None],
+        "x": x,
+        "noise_cond": noise_cond,
+        "text_embed": text_embed,
+        "text_mask": text_mask,
         "drop_text": torch.arange(batch_size) % 2 == 1,
     }
     if typed.is_super_resolution:

@@ -28,7 +28,7 @@ from nemo_imagen.models.reliability import capture_rng_state, restore_rng_state
 from nemo_imagen.models.sample_grid import image_grid, save_png
 from nemo_imagen.modules import build_unet
 from nemo_imagen.precision import choose_precision
-from nemo_imagen.text.encoders import TextEncoder, build_text_encoder
+from nemo_imagen.text.encoders import TextEncoder, build_text_encoder, check_width
 
 
 class MegatronImagen(MegatronImagenBase):
@@ -81,11 +81,10 @@ class MegatronImagen(MegatronImagenBase):
 
     def set_text_encoder(self, encoder: TextEncoder):
         """Use `encoder` for prompts (e.g. sampling a model that was trained on precached embeddings)."""
-        if encoder.embed_dim != self.typed_cfg.conditioning.embed_dim:
-            raise ConfigError(
-                f"conditioning.embed_dim: the model was trained on {self.typed_cfg.conditioning.embed_dim}-dim "
-                f"text embeddings, but encoder {encoder.name!r} gives {encoder.embed_dim}"
-            )
+        try:
+            check_width(encoder, self.typed_cfg.conditioning.embed_dim, trained=True)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         object.__setattr__(self, "_text_encoder", encoder)
 
     def encode_prompts(self, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
@@ -42,7 +42,7 @@ class StageSampling:
 class SampleConfig:
     """The keys of examples/conf/sample.yaml."""
 
-    base_ckpt: Optional[str] = None
+    base_ckpt: str = MISSING  # required, as sample.yaml's `???` says
     sr256_ckpt: Optional[str] = None
     sr1024_ckpt: Optional[str] = None
     target_resolution: int = 64

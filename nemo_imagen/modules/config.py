@@ -1,5 +1,6 @@
 """Typed configs of the UNets: the `model.unet` block. `UNetConfig` is the regular UNet (`unet_type` `base`
-or `sr-unet`), `EfficientUNetConfig` the Efficient UNet (`unet_type` `sr`).
+or `sr-unet`), `EfficientUNetConfig` the Efficient UNet (`unet_type` `sr`); `UNetKeys` holds the keys and
+checks both share.
 
 Field names and defaults are the documented NeMo Imagen keys (the base64-500m and the Efficient UNet
 blocks). The types are OmegaConf-structured compatible (no Union), so `models/` can merge a YAML block
@@ -8,7 +9,9 @@ rejects values that would only fail later, deep inside model construction.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, ClassVar, List
+
+from nemo_imagen.config_checks import is_int
 
 ATTENTION_TYPES = ("self", "cross", "stacked", "fused")
 FEATURE_POOLING_TYPES = ("attention", "mean")
@@ -23,8 +26,60 @@ def norm_groups(channels: int) -> int:
     return min(GROUPNORM_GROUPS, channels // MIN_CHANNELS_PER_GROUP)
 
 
-class _SharedUNetKeys:
-    """Keys and checks both UNets share (embed_dim, channel_mult, heads, text conditioning, attention)."""
+@dataclass
+class UNetKeys:
+    """Keys and checks both UNets share. Defaults: the regular UNet's (base64-500m); `EfficientUNetConfig`
+    overrides those its documented block sets differently.
+
+    embed_dim: base channel count E; level `i` has `E * channel_mult[i]` channels and the time
+        embedding has `4 * E`.
+    num_attn_heads / per_head_channels: heads of an attention block with C channels are
+        `C // per_head_channels` when `per_head_channels > 0` (so the documented 4 x 64 gives 4 heads
+        at 256 channels and 16 at 1024), else `num_attn_heads`.
+    cond_dim: width of the projected text tokens (attention context) and of the pooled text vector.
+    dropout: ResBlock dropout rate. Typed `Any` because the documented YAML writes `dropout: False`,
+        which an OmegaConf float field rejects; a bool is read as 0.0 / 1.0 and stored as a float.
+    use_null_token: dropped text (classifier-free guidance) becomes one learned token instead of one
+        zero token.
+    stable_attention: attention scores and softmax in float32 (safe in bf16/fp16).
+    flash_attention: fused `scaled_dot_product_attention` kernels; excludes stable_attention.
+    """
+
+    # the key holding the ResBlocks per level (the documented spellings differ: num_res_blocks, num_resblocks)
+    BLOCKS_KEY: ClassVar[str] = "num_res_blocks"
+
+    embed_dim: int = 256
+    image_size: int = 64
+    channels: int = 3
+    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    num_attn_heads: int = 4
+    per_head_channels: int = 64
+    cond_dim: int = 512
+    attention_type: str = "fused"
+    feature_pooling_type: str = "attention"
+    learned_sinu_pos_emb_dim: int = 0
+    dropout: Any = 0.0
+    use_null_token: bool = False
+    init_conv_kernel_size: int = 3
+    gradient_checkpointing: bool = False
+    scale_shift_norm: bool = True
+    stable_attention: bool = True
+    flash_attention: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.dropout, bool):
+            self.dropout = float(self.dropout)
+        self.validate()
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def res_blocks_per_level(self) -> List[int]:
+        """The ResBlocks per level (`num_res_blocks` or `num_resblocks`) as one int per level."""
+        blocks = getattr(self, self.BLOCKS_KEY)
+        if isinstance(blocks, int):
+            return [blocks] * self.num_levels
+        return list(blocks)
 
     @property
     def num_levels(self) -> int:
@@ -38,13 +93,13 @@ class _SharedUNetKeys:
 
     def _validate_shared(self) -> None:
         for key in ("embed_dim", "image_size", "channels", "cond_dim", "init_conv_kernel_size"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ValueError(f"unet.{key}: {getattr(self, key)!r} must be a positive int")
         if self.init_conv_kernel_size % 2 == 0:
             raise ValueError(
                 f"unet.init_conv_kernel_size: {self.init_conv_kernel_size} must be odd (same padding)"
             )
-        if not self.channel_mult or not all(_is_int(m) and m >= 1 for m in self.channel_mult):
+        if not self.channel_mult or not all(is_int(m) and m >= 1 for m in self.channel_mult):
             raise ValueError(f"unet.channel_mult: {self.channel_mult!r} must be a non-empty list of positive ints")
         if self.attention_type not in ATTENTION_TYPES:
             raise ValueError(
@@ -55,7 +110,7 @@ class _SharedUNetKeys:
                 f"unet.feature_pooling_type: {self.feature_pooling_type!r} is not one of "
                 f"{', '.join(FEATURE_POOLING_TYPES)}"
             )
-        if not _is_int(self.learned_sinu_pos_emb_dim) or self.learned_sinu_pos_emb_dim < 0:
+        if not is_int(self.learned_sinu_pos_emb_dim) or self.learned_sinu_pos_emb_dim < 0:
             raise ValueError(
                 f"unet.learned_sinu_pos_emb_dim: {self.learned_sinu_pos_emb_dim!r} must be 0 (fixed "
                 "sinusoidal embedding) or a positive even int"
@@ -76,7 +131,7 @@ class _SharedUNetKeys:
     def _validate_level_list(self, key: str) -> List[int]:
         """An int (every level) or a per-level list of positive ints -> the per-level list."""
         value = getattr(self, key)
-        if _is_int(value):
+        if is_int(value):
             value = [value] * self.num_levels
         elif isinstance(value, (list, tuple)):
             if len(value) != self.num_levels:
@@ -86,7 +141,7 @@ class _SharedUNetKeys:
                 )
         else:
             raise ValueError(f"unet.{key}: {value!r} must be an int or a list of ints")
-        if not all(_is_int(n) and n >= 1 for n in value):
+        if not all(is_int(n) and n >= 1 for n in value):
             raise ValueError(f"unet.{key}: {getattr(self, key)!r} entries must be positive ints")
         return list(value)
 
@@ -117,62 +172,22 @@ class _SharedUNetKeys:
 
 
 @dataclass
-class UNetConfig(_SharedUNetKeys):
-    """Regular (guided-diffusion style) UNet with Imagen text conditioning.
+class UNetConfig(UNetKeys):
+    """Regular (guided-diffusion style) UNet with Imagen text conditioning; the shared keys in `UNetKeys`.
 
-    embed_dim: base channel count E; level `i` has `E * channel_mult[i]` channels and the time
-        embedding has `4 * E`.
     num_res_blocks: ResBlocks per level on the input side (the output side has one more); an int for
         every level or a list with one entry per level.
-    num_attn_heads / per_head_channels: heads of an attention block with C channels are
-        `C // per_head_channels` when `per_head_channels > 0` (so the documented 4 x 64 gives 4 heads
-        at 256 channels and 16 at 1024), else `num_attn_heads`.
-    cond_dim: width of the projected text tokens (attention context) and of the pooled text vector.
     attention_resolutions: feature-map sizes (image_size / 2**level) that get an attention block after
         each ResBlock; the middle block always has one.
-    dropout: ResBlock dropout rate. Typed `Any` because the documented YAML writes `dropout: False`,
-        which an OmegaConf float field rejects; a bool is read as 0.0 / 1.0 and stored as a float.
-    use_null_token: dropped text (classifier-free guidance) becomes one learned token instead of one
-        zero token.
-    stable_attention: attention scores and softmax in float32 (safe in bf16/fp16).
-    flash_attention: fused `scaled_dot_product_attention` kernels; excludes stable_attention.
     resblock_updown: resample with a ResBlock instead of a plain (conv) resampler.
     resample_with_conv: plain resamplers use a stride-2 conv / nearest-x2 + conv instead of an average
         pool / bare nearest x2.
     """
 
-    embed_dim: int = 256
-    image_size: int = 64
-    channels: int = 3
     num_res_blocks: Any = 3
-    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    num_attn_heads: int = 4
-    per_head_channels: int = 64
-    cond_dim: int = 512
-    attention_type: str = "fused"
-    feature_pooling_type: str = "attention"
-    learned_sinu_pos_emb_dim: int = 0
     attention_resolutions: List[int] = field(default_factory=lambda: [8, 16, 32])
-    dropout: Any = 0.0
-    use_null_token: bool = False
-    init_conv_kernel_size: int = 3
-    gradient_checkpointing: bool = False
-    scale_shift_norm: bool = True
-    stable_attention: bool = True
-    flash_attention: bool = False
     resblock_updown: bool = False
     resample_with_conv: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.dropout, bool):
-            self.dropout = float(self.dropout)
-        self.validate()
-
-    def res_blocks_per_level(self) -> List[int]:
-        """num_res_blocks as one int per level."""
-        if isinstance(self.num_res_blocks, int):
-            return [self.num_res_blocks] * self.num_levels
-        return list(self.num_res_blocks)
 
     def level_resolution(self, level: int) -> int:
         return self.image_size // 2**level
@@ -184,7 +199,7 @@ class UNetConfig(_SharedUNetKeys):
     def validate(self) -> None:
         """Raise ValueError('unet.<key>: ...') for the first inconsistent key."""
         self._validate_shared()
-        self._validate_level_list("num_res_blocks")
+        self._validate_level_list(self.BLOCKS_KEY)
         downsampling = 2 ** (self.num_levels - 1)
         if self.image_size % downsampling:
             raise ValueError(
@@ -204,12 +219,8 @@ class UNetConfig(_SharedUNetKeys):
                 self._validate_attention_channels(level, self.level_channels(level))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass
-class EfficientUNetConfig(_SharedUNetKeys):
+class EfficientUNetConfig(UNetKeys):
     """Imagen's Efficient UNet (`unet_type: sr`), the super-resolution trunk of the paper's appendix.
 
     Per level `i` (channels `C_i = embed_dim * channel_mult[i]`, `C_-1 = C_0`): on the way down a
@@ -225,41 +236,23 @@ class EfficientUNetConfig(_SharedUNetKeys):
     skip_connection_scaling: every ResBlock's skip (shortcut) path is scaled by 1/sqrt(2).
     cond_dim: width of the projected text tokens (attention context) and of the pooled text vector
         (the documentation's "Text Condition Size" 512).
-    Other keys as in `UNetConfig`. Defaults: the documented Efficient UNet block (sr256-600m).
+    Other keys: `UNetKeys`. Defaults: the documented Efficient UNet block (sr256-600m).
     """
 
+    BLOCKS_KEY: ClassVar[str] = "num_resblocks"
+
+    # shared keys whose documented Efficient UNet default differs from the regular UNet's
     embed_dim: int = 128
     image_size: int = 256
-    channels: int = 3
     channel_mult: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 8])
     num_attn_heads: int = 8
-    per_head_channels: int = 64
-    cond_dim: int = 512
     attention_type: str = "stacked"
+    stable_attention: bool = False
+    # its own keys
     atnn_enabled_at: List[int] = field(default_factory=lambda: [0, 0, 0, 1, 1])
-    feature_pooling_type: str = "attention"
     stride: int = 2
     num_resblocks: Any = field(default_factory=lambda: [2, 4, 8, 8, 8])
-    learned_sinu_pos_emb_dim: int = 0
-    dropout: Any = 0.0
-    use_null_token: bool = False
-    init_conv_kernel_size: int = 3
-    gradient_checkpointing: bool = False
-    scale_shift_norm: bool = True
-    stable_attention: bool = False
-    flash_attention: bool = False
     skip_connection_scaling: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.dropout, bool):
-            self.dropout = float(self.dropout)
-        self.validate()
-
-    def resblocks_per_level(self) -> List[int]:
-        """num_resblocks as one int per level."""
-        if isinstance(self.num_resblocks, int):
-            return [self.num_resblocks] * self.num_levels
-        return list(self.num_resblocks)
 
     @property
     def total_downsampling(self) -> int:
@@ -284,7 +277,7 @@ class EfficientUNetConfig(_SharedUNetKeys):
     def validate(self) -> None:
         """Raise ValueError('unet.<key>: ...') for the first inconsistent key."""
         self._validate_shared()
-        self._validate_level_list("num_resblocks")
+        self._validate_level_list(self.BLOCKS_KEY)
         if not isinstance(self.atnn_enabled_at, (list, tuple)) or len(self.atnn_enabled_at) != self.num_levels:
             raise ValueError(
                 f"unet.atnn_enabled_at: {self.atnn_enabled_at!r} must be a list of one 0/1 per level "
@@ -292,7 +285,7 @@ class EfficientUNetConfig(_SharedUNetKeys):
             )
         if not all(flag in (0, 1) for flag in self.atnn_enabled_at):
             raise ValueError(f"unet.atnn_enabled_at: {list(self.atnn_enabled_at)} entries must be 0 or 1")
-        if not _is_int(self.stride) or self.stride < 2:
+        if not is_int(self.stride) or self.stride < 2:
             raise ValueError(f"unet.stride: {self.stride!r} must be an int >= 2 (the resampling factor)")
         if self.image_size % self.total_downsampling:
             raise ValueError(

@@ -59,7 +59,7 @@ class EfficientUNet(SuperResolutionForward, TextConditionedUNet):
         self.init_conv = nn.Conv2d(2 * cfg.channels, cfg.level_channels(0), k, padding=k // 2)
         self.down_levels = nn.ModuleList()
         self.up_levels = nn.ModuleList()
-        for level, num_blocks in enumerate(cfg.resblocks_per_level()):
+        for level, num_blocks in enumerate(cfg.res_blocks_per_level()):
             outer, inner = cfg.level_input_channels(level), cfg.level_channels(level)
             down = [StridedDownsample(outer, outer, cfg.stride)] if cfg.resamples(level) else []
             down += [res(outer, inner)] + [res(inner, inner) for _ in range(num_blocks - 1)]

@@ -7,7 +7,8 @@ from nemo_imagen.modules.config import EfficientUNetConfig, UNetConfig
 from nemo_imagen.modules.efficient_unet import EfficientUNet
 from nemo_imagen.modules.unet import SRUNet, UNet
 
-UNET_TYPES = ("base", "sr-unet", "sr")
+SUPER_RESOLUTION_UNET_TYPES = ("sr-unet", "sr")
+UNET_TYPES = ("base",) + SUPER_RESOLUTION_UNET_TYPES
 
 
 def unet_config_class(unet_type: str) -> type:

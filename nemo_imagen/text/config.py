@@ -8,13 +8,11 @@ starts with the offending key.
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from nemo_imagen.config_checks import is_int
+
 _PREFIX = "conditioning"
 SERVER = "server"
 """``online_encoding: server``: captions are embedded by PyTriton servers (``text.embedding_client``)."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -60,9 +58,9 @@ class ConditioningConfig:
     server_retries: int = 2
 
     def __post_init__(self) -> None:
-        if not _is_int(self.embed_dim) or self.embed_dim <= 0:
+        if not is_int(self.embed_dim) or self.embed_dim <= 0:
             raise ValueError(f"{_PREFIX}.embed_dim: {self.embed_dim!r} is not a positive integer")
-        if not _is_int(self.token_length) or self.token_length <= 0:
+        if not is_int(self.token_length) or self.token_length <= 0:
             raise ValueError(f"{_PREFIX}.token_length: {self.token_length!r} is not a positive integer")
         if isinstance(self.drop_rate, bool) or not isinstance(self.drop_rate, (int, float)):
             raise ValueError(f"{_PREFIX}.drop_rate: {self.drop_rate!r} is not a number")
@@ -90,7 +88,7 @@ class ConditioningConfig:
                 )
             if isinstance(self.server_timeout_s, bool) or not isinstance(self.server_timeout_s, (int, float)) or self.server_timeout_s <= 0:
                 raise ValueError(f"{_PREFIX}.server_timeout_s: {self.server_timeout_s!r} is not a positive number")
-            if not _is_int(self.server_retries) or self.server_retries < 0:
+            if not is_int(self.server_retries) or self.server_retries < 0:
                 raise ValueError(f"{_PREFIX}.server_retries: {self.server_retries!r} is not a non-negative integer")
         elif self.online_encoding:
             if not self.encoder_path:

@@ -286,8 +286,14 @@ class TextEncoder(torch.nn.Module):
             )
 
 
-def check_width(encoder: TextEncoder, embed_dim: int) -> None:
-    """Raise ValueError when the encoder's hidden size differs from ``conditioning.embed_dim``."""
+def check_width(encoder: TextEncoder, embed_dim: int, trained: bool = False) -> None:
+    """Raise ValueError when the encoder's hidden size differs from ``conditioning.embed_dim``; ``trained``: of a
+    trained model, whose width cannot change (the message then says so instead of suggesting a new width)."""
+    if encoder.embed_dim != embed_dim and trained:
+        raise ValueError(
+            f"conditioning.embed_dim: the model was trained on {embed_dim}-dim text embeddings, but encoder "
+            f"{encoder.name!r} gives {encoder.embed_dim}"
+        )
     if encoder.embed_dim != embed_dim:
         raise ValueError(
             f"conditioning.embed_dim: {embed_dim} does not match the hidden size {encoder.embed_dim} of the text "

@@ -124,7 +124,7 @@ def test_training_noise_levels_follow_the_lognormal_and_noise_is_standard():
 
 def test_sample_sigma_is_reproducible_with_a_generator():
     precond = EDMPreconditioning(EDMConfig())
-    a = precond.sample_sigma(16, generator=torch.Generator().manual_seed(7))
-    b = precond.sample_sigma(16, generator=torch.Generator().manual_seed(7))
-    c = precond.sample_sigma(16, generator=torch.Generator().manual_seed(8))
+    a = precond.sample_training_sigma(16, generator=torch.Generator().manual_seed(7))
+    b = precond.sample_training_sigma(16, generator=torch.Generator().manual_seed(7))
+    c = precond.sample_training_sigma(16, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)

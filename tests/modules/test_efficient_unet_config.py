@@ -51,7 +51,7 @@ def test_documented_yaml_round_trips_through_omegaconf_structured():
     assert isinstance(cfg, EfficientUNetConfig) and cfg == EfficientUNetConfig()
     merged = OmegaConf.merge(merged, OmegaConf.create({"num_resblocks": 3, "dropout": False}))
     cfg = OmegaConf.to_object(merged)
-    assert cfg.resblocks_per_level() == [3] * 5 and cfg.dropout == 0.0
+    assert cfg.res_blocks_per_level() == [3] * 5 and cfg.dropout == 0.0
 
 
 @pytest.mark.parametrize("regular_key", ["num_res_blocks", "attention_resolutions", "resblock_updown"])
