@@ -693,10 +693,10 @@ def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg:
                        precision=typed.precision)
         with stage_network(stage, contestant.net):
             images = stage.sample(inputs.text_embed, inputs.text_mask, lowres=inputs.lowres,
-                                  steps=bench.sample_steps, cfg_scale=bench.cfg_scale, **options)
+                                  steps=bench.sample_steps, guidance_scale=bench.cfg_scale, **options)
         if upper is not None:
             images = upper.sample(inputs.text_embed, inputs.text_mask, lowres=images, steps=bench.cascade_steps,
-                                  cfg_scale=bench.cascade_cfg_scale, **options)
+                                  guidance_scale=bench.cascade_cfg_scale, **options)
         return images
 
     flops = {}

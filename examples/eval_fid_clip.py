@@ -134,14 +134,14 @@ def sample_config(cfg: EvalConfig) -> SampleConfig:
                         batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision)
 
 
-def stage_samplings(cfg: EvalConfig, scale: float) -> List[StageSampling]:
-    """One entry per stage: the base stage gets guidance `scale`; SR stages keep their own cfg unless
+def stage_samplings(cfg: EvalConfig, guidance_scale: float) -> List[StageSampling]:
+    """One entry per stage: the base stage gets `guidance_scale`; SR stages keep their own cfg unless
     guide_sr_stages. A stage without a `samplings` entry, and each key an entry leaves null, samples as its
     checkpoint's model.sample_log says (ImagenPipeline.stage_samplings), as in sample.py."""
     given = list(cfg.samplings or [])
     stages = sum(resolution <= cfg.target_resolution for _, resolution in STAGES)
     entries = given + [StageSampling() for _ in range(stages - len(given))]
-    return [dataclasses.replace(sampling, cfg=scale) if index == 0 or cfg.guide_sr_stages else sampling
+    return [dataclasses.replace(sampling, cfg=guidance_scale) if index == 0 or cfg.guide_sr_stages else sampling
             for index, sampling in enumerate(entries)]
 
 
@@ -149,8 +149,8 @@ def _device(cfg: EvalConfig) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
 
 
-def scale_dir(output_dir: Path, scale: float) -> Path:
-    return output_dir / f"cfg{scale:g}"
+def scale_dir(output_dir: Path, guidance_scale: float) -> Path:
+    return output_dir / f"cfg{guidance_scale:g}"
 
 
 def _write_once(path: Path, content: str, what: str) -> None:
@@ -182,27 +182,27 @@ def generate(cfg: EvalConfig, captions: List[str], output_dir: Path) -> None:
     num_batches = -(-len(captions) // cfg.batch_size)
     batches = shard_batches(num_batches, cfg.shard, cfg.num_shards)
     indices = range(batches.start * cfg.batch_size, min(batches.stop * cfg.batch_size, len(captions)))
-    todo = [scale for scale in cfg.guidance_scales
-            if not all(image_path(scale_dir(output_dir, scale), index).is_file() for index in indices)]
-    for scale in cfg.guidance_scales:
-        if scale not in todo:
-            print(f"cfg {scale:g}: all {len(indices)} images of this shard exist, skipped")
+    todo = [guidance_scale for guidance_scale in cfg.guidance_scales
+            if not all(image_path(scale_dir(output_dir, guidance_scale), index).is_file() for index in indices)]
+    for guidance_scale in cfg.guidance_scales:
+        if guidance_scale not in todo:
+            print(f"cfg {guidance_scale:g}: all {len(indices)} images of this shard exist, skipped")
     if not todo:
         return
     pipeline = ImagenPipeline.from_config(sample_config(cfg))
-    for scale in todo:
-        samplings = stage_samplings(cfg, scale)
+    for guidance_scale in todo:
+        samplings = stage_samplings(cfg, guidance_scale)
         for _, line in pipeline.stage_samplings(samplings, cfg.thresholding):
-            print(f"cfg {scale:g}: {line}")
+            print(f"cfg {guidance_scale:g}: {line}")
 
         def generate_batch(batch_captions, batch_index):
             images = pipeline(batch_captions, samplings, batch_size=len(batch_captions),
                               seed=cfg.seed + batch_index, thresholding=cfg.thresholding, progress=False)
             return to_uint8(images)
 
-        result = generate_images(scale_dir(output_dir, scale), captions, generate_batch, batch_size=cfg.batch_size,
-                                 shard=cfg.shard, num_shards=cfg.num_shards, desc=f"cfg {scale:g}")
-        print(f"cfg {scale:g}: generated {result.generated} images, skipped {result.skipped} that exist")
+        result = generate_images(scale_dir(output_dir, guidance_scale), captions, generate_batch,
+                                 batch_size=cfg.batch_size, shard=cfg.shard, num_shards=cfg.num_shards, desc=f"cfg {guidance_scale:g}")
+        print(f"cfg {guidance_scale:g}: generated {result.generated} images, skipped {result.skipped} that exist")
 
 
 def score(cfg: EvalConfig, captions: List[str], output_dir: Path):
@@ -225,12 +225,13 @@ def score(cfg: EvalConfig, captions: List[str], output_dir: Path):
     except ValueError as error:  # the lower layers name the key
         raise ConfigError(str(error)) from None
     rows = []
-    for scale in cfg.guidance_scales:
-        scores = score_folder(scale_dir(output_dir, scale), captions, reference, extractor, clip,
+    for guidance_scale in cfg.guidance_scales:
+        scores = score_folder(scale_dir(output_dir, guidance_scale), captions, reference, extractor, clip,
                               resolution=resolution, batch_size=cfg.fid.batch_size, device=device,
-                              desc=f"scoring cfg {scale:g}")
-        rows.append(Row(scale, scores.fid, scores.clip_score, extractor_label(extractor), clip.name, scores.count))
-        print(f"cfg {scale:g}: FID {scores.fid:.3f} ({extractor_label(extractor)}), CLIP score {scores.clip_score:.4f}")
+                              desc=f"scoring cfg {guidance_scale:g}")
+        label = extractor_label(extractor)
+        rows.append(Row(guidance_scale, scores.fid, scores.clip_score, label, clip.name, scores.count))
+        print(f"cfg {guidance_scale:g}: FID {scores.fid:.3f} ({label}), CLIP score {scores.clip_score:.4f}")
     csv_path = write_csv(rows, output_dir / "fid_clip.csv")
     plot = plot_fid_clip(rows, output_dir / "fid_clip.png")
     print(f"wrote {csv_path} and {plot}")

@@ -91,7 +91,7 @@ def main() -> int:
         generator = torch.Generator(device=stage.device).manual_seed(args.seed + start)
         upscaled = stage.sample(
             text_embed, text_mask, lowres=lowres, noise_cond_aug_sigma=args.noise_cond_aug_sigma, sampler=args.sampler,
-            steps=args.steps, cfg_scale=args.cfg, thresholding=args.thresholding, generator=generator,
+            steps=args.steps, guidance_scale=args.cfg, thresholding=args.thresholding, generator=generator,
             precision=precision,
         ).cpu()
         bicubic = F.interpolate(lowres, size=(high, high), mode="bicubic", align_corners=False)

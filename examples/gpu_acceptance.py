@@ -564,7 +564,7 @@ def check_planned_configs(configs, bench: Dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------- the cascade (runs in its own interpreter)
-def run_cascade(configs: Sequence[Tuple[str, List[str]]], prompts: int, steps: Sequence[int], cfg_scale: float,
+def run_cascade(configs: Sequence[Tuple[str, List[str]]], prompts: int, steps: Sequence[int], guidance_scale: float,
                 device_name: str = "auto", seed: int = 0, write: Callable[[str], None] = print):
     """Samples `prompts` random text embeddings through the stages `configs` (base first, each SR stage taking the
     previous output) with random weights, each built just before it samples and freed after, so a stage's peak
@@ -586,7 +586,7 @@ def run_cascade(configs: Sequence[Tuple[str, List[str]]], prompts: int, steps: S
 
     report("device", torch.cuda.get_device_name(device) if cuda else "cpu")
     report("torch", torch.__version__)
-    report("prompts", prompts, f"classifier-free guidance: {2 * prompts} per UNet call" if cfg_scale != 1 else "")
+    report("prompts", prompts, f"classifier-free guidance: {2 * prompts} per UNet call" if guidance_scale != 1 else "")
     if len(steps) != len(configs):
         raise SystemExit(f"error: --steps: {len(configs)} stages need {len(configs)} step counts, got {len(steps)}")
     images, total = None, 0.0
@@ -613,11 +613,11 @@ def run_cascade(configs: Sequence[Tuple[str, List[str]]], prompts: int, steps: S
         side = typed.unet.image_size if images is None else images.shape[-1] * typed.upscale_factor
         low = "" if images is None else f"{images.shape[-1]} -> "
         report(key + "resolution", f"{low}{side}")
-        report(key + "sampler", f"edm, {stage_steps} steps, cfg {cfg_scale}")
+        report(key + "sampler", f"edm, {stage_steps} steps, cfg {guidance_scale}")
         report(key + "build_s", build_s, "model construction on the CPU and transfer, not timed below")
 
         def sample(n_steps, lowres):
-            return stage.sample(text, mask, lowres=lowres, sampler="edm", steps=n_steps, cfg_scale=cfg_scale,
+            return stage.sample(text, mask, lowres=lowres, sampler="edm", steps=n_steps, guidance_scale=guidance_scale,
                                 thresholding="dynamic", generator=torch.Generator(device).manual_seed(seed),
                                 use_ema=False)
 

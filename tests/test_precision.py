@@ -195,7 +195,7 @@ def autocast_seen(model, **sample_kwargs):
     text, mask = torch.randn(1, cond.token_length, cond.embed_dim), torch.ones(1, cond.token_length, dtype=torch.bool)
     handles = [net.register_forward_pre_hook(hook) for net in (model.unet, model.ema_unet) if net is not None]
     try:
-        model.sample(text, mask, sampler="dpmpp", steps=1, cfg_scale=1.0, **sample_kwargs)
+        model.sample(text, mask, sampler="dpmpp", steps=1, guidance_scale=1.0, **sample_kwargs)
     finally:
         for handle in handles:
             handle.remove()

@@ -4,25 +4,25 @@ import torch
 from .utils import append_dims
 
 
-def classifier_free_guidance(denoise_fn, scale: float):
-    """Guided denoiser D(x, sigma) = uncond + scale (cond - uncond).
+def classifier_free_guidance(denoise_fn, guidance_scale: float):
+    """Guided denoiser D(x, sigma) = uncond + guidance_scale (cond - uncond).
 
-    denoise_fn(x: [B', ...], sigma: [B'], drop_text: [B'] bool) -> x0_hat: [B', ...]. With scale != 1
+    denoise_fn(x: [B', ...], sigma: [B'], drop_text: [B'] bool) -> x0_hat: [B', ...]. With guidance_scale != 1
     it is called once on the batch [x; x] (B' = 2B) with drop_text = [False] * B + [True] * B: rows
     i and B + i are the same sample, so per-sample conditioning of batch B is tiled, e.g.
         lambda x, sigma, drop_text: precond.denoise(unet, x, sigma, drop_text=drop_text,
             text_embed=text_embed.repeat(x.shape[0] // B, 1, 1), text_mask=text_mask.repeat(x.shape[0] // B, 1))
-    scale = 1 is the conditional model alone: one call on x with drop_text all False.
+    guidance_scale = 1 is the conditional model alone: one call on x with drop_text all False.
     """
 
     def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        if scale == 1:
+        if guidance_scale == 1:
             return denoise_fn(x, sigma, torch.zeros(B, dtype=torch.bool, device=x.device))
         drop_text = torch.arange(2 * B, device=x.device) >= B
         x0 = denoise_fn(torch.cat([x, x]), torch.cat([sigma, sigma]), drop_text)
         cond, uncond = x0[:B], x0[B:]
-        return uncond + scale * (cond - uncond)
+        return uncond + guidance_scale * (cond - uncond)
 
     return guided
 

@@ -320,7 +320,7 @@ class MegatronImagen(MegatronImagenBase):
             lowres=None if lowres is None else lowres.repeat_interleave(repeat, 0),
             sampler=log_cfg.sampler,
             steps=log_cfg.steps,
-            cfg_scale=log_cfg.cfg,
+            guidance_scale=log_cfg.cfg,
             thresholding=log_cfg.thresholding,
             generator=generator,
             # the training run's resolved precision; without a trainer, what suits this machine
@@ -343,7 +343,7 @@ class MegatronImagen(MegatronImagenBase):
         noise_cond_aug_sigma: Optional[float] = None,
         sampler: str = "edm",
         steps: int = 30,
-        cfg_scale: float = 4.0,
+        guidance_scale: float = 4.0,
         thresholding: str = "dynamic",
         generator: Optional[torch.Generator] = None,
         use_ema: bool = True,
@@ -387,7 +387,7 @@ class MegatronImagen(MegatronImagenBase):
                 **tiled,
             )
 
-        denoiser = threshold_denoiser(classifier_free_guidance(denoise, cfg_scale), thresholding)
+        denoiser = threshold_denoiser(classifier_free_guidance(denoise, guidance_scale), thresholding)
         sigmas = sampling_sigmas(self.precond, sampler, steps).to(self.device)
         noise = torch.randn(shape, generator=generator, device=self.device)
         x = noise * sigmas[0].to(noise.dtype)

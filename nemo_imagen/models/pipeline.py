@@ -212,7 +212,7 @@ class ImagenPipeline:
                     noise_cond_aug_sigma=stage_sampling.noise_cond_aug_sigma,
                     sampler=stage_sampling.sampler,
                     steps=stage_sampling.steps,
-                    cfg_scale=stage_sampling.cfg,
+                    guidance_scale=stage_sampling.cfg,
                     thresholding=stage_sampling.thresholding,
                     generator=generator,
                     precision=self.precision,

@@ -394,7 +394,7 @@ def check_lightning_run(device, tmp_path):
     text = torch.randn(2, typed.conditioning.token_length, typed.conditioning.embed_dim,
                        generator=torch.Generator().manual_seed(0))
     mask = torch.arange(typed.conditioning.token_length)[None] < torch.tensor([[2], [8]])
-    samples = [stage.sample(text, mask, steps=3, cfg_scale=3.0, generator=torch.Generator(device).manual_seed(1))
+    samples = [stage.sample(text, mask, steps=3, guidance_scale=3.0, generator=torch.Generator(device).manual_seed(1))
                for stage in (model, restored)]
     assert samples[0].device.type == device.type and torch.isfinite(samples[0]).all()
     torch.testing.assert_close(samples[1], samples[0], rtol=0, atol=1e-5)

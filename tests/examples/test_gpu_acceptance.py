@@ -235,7 +235,7 @@ def test_cascade_worker_reports_time_and_memory_per_stage():
     text = [f"model.conditioning.{k}={v}" for k, v in TINY_CONDITIONING.items()] + ["trainer.precision=32"]
     printed = []
     images = ga.run_cascade([("base64-500m-edm", base + text), ("sr256-600m-edm", sr + text)], prompts=1,
-                            steps=[2, 1], cfg_scale=4.0, device_name="cpu", write=printed.append)
+                            steps=[2, 1], guidance_scale=4.0, device_name="cpu", write=printed.append)
     assert images.shape == (1, 3, 256, 256) and torch.isfinite(images).all()
     lines, values = ga.parse_figures("\n".join(printed))
     figure = {key: value for key, (value, _) in values.items()}

@@ -106,8 +106,8 @@ def test_pipeline_equals_the_stages_run_by_hand(cascade):
     images = pipeline(["a blue square", "a red circle"], samplings, batch_size=2, seed=7)
     embed, mask = base.encode_prompts(["a blue square", "a red circle"])
     generator = torch.Generator().manual_seed(7)
-    low = base.sample(embed, mask, sampler="dpmpp", steps=2, cfg_scale=3.0, generator=generator)
-    high = sr256.sample(embed, mask, lowres=low, noise_cond_aug_sigma=0.2, sampler="edm", steps=1, cfg_scale=1.5,
+    low = base.sample(embed, mask, sampler="dpmpp", steps=2, guidance_scale=3.0, generator=generator)
+    high = sr256.sample(embed, mask, lowres=low, noise_cond_aug_sigma=0.2, sampler="edm", steps=1, guidance_scale=1.5,
                         generator=generator)
     assert images.shape == (2, 3, 256, 256)
     torch.testing.assert_close(images, high, rtol=0, atol=1e-6)

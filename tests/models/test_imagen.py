@@ -106,7 +106,7 @@ def test_sampling_is_seeded_and_bounded(precond):
         cfg.preconditioning = {"loss_type": "l2"}
     model = MegatronImagen(cfg)
     _, _, text, mask = inputs(model, batch=2)
-    runs = [model.sample(text, mask, sampler="dpmpp", steps=3, cfg_scale=2.0,
+    runs = [model.sample(text, mask, sampler="dpmpp", steps=3, guidance_scale=2.0,
                          generator=torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
     assert runs[0].shape == (2, 3, 64, 64)
     assert torch.equal(runs[0], runs[1])

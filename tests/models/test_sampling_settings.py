@@ -64,7 +64,7 @@ def spy(monkeypatch, pipeline):
 
 
 def used(kwargs):
-    return {"sampler": kwargs["sampler"], "steps": kwargs["steps"], "cfg": kwargs["cfg_scale"],
+    return {"sampler": kwargs["sampler"], "steps": kwargs["steps"], "cfg": kwargs["guidance_scale"],
             "thresholding": kwargs["thresholding"]}
 
 

@@ -70,7 +70,7 @@ def test_sampling_augments_the_low_res_input_at_the_configured_level(precond):
     text = torch.randn(2, 8, 16)
     mask = torch.ones(2, 8, dtype=torch.bool)
     lowres = torch.rand(2, 3, 64, 64) * 2 - 1
-    model.sample(text, mask, lowres=lowres, sampler="dpmpp", steps=2, cfg_scale=3.0, generator=torch.Generator().manual_seed(4))
+    model.sample(text, mask, lowres=lowres, sampler="dpmpp", steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(4))
     seen, seen_cond = model.unet.calls[0]
     expected, expected_cond = augment_lowres(model.precond, lowres, torch.full((2,), 0.25), torch.Generator().manual_seed(4))
     # guidance runs [cond; uncond] as one batch: the low-res input is tiled, identical in both halves
@@ -86,5 +86,5 @@ def test_sampling_checks_the_low_res_input():
         model.sample(text, mask, steps=1)
     with pytest.raises(ConfigError, match=r"upscales \[1, 3, 64, 64\]"):
         model.sample(text, mask, lowres=torch.zeros(1, 3, 32, 32), steps=1)
-    out = model.sample(text, mask, lowres=torch.zeros(1, 3, 64, 64), sampler="dpmpp", steps=1, cfg_scale=1.0)
+    out = model.sample(text, mask, lowres=torch.zeros(1, 3, 64, 64), sampler="dpmpp", steps=1, guidance_scale=1.0)
     assert out.shape == (1, 3, 256, 256)
