@@ -143,6 +143,7 @@ def check_throughput(values, key, flops_key):
     assert values[f"{key}.peak_memory_gib"] == "n/a"  # CPU
 
 
+@pytest.mark.slow
 @needs_diffusers
 def test_train_mode_with_peer_prints_consistent_figures():
     args = overrides(TINY_32, extra=["trainer.precision=bf16-mixed", "model.micro_batch_size=2",
@@ -178,6 +179,7 @@ def test_train_mode_with_peer_prints_consistent_figures():
     assert abs(num(values, "ratio.params") - 1) < 0.1  # a tiny UNet cannot be matched as closely as full sizes
 
 
+@pytest.mark.slow
 def test_cascade_sample_mode_prints_consistent_figures():
     args = overrides(TINY_UNET, extra=["trainer.precision=32"])
     sr = overrides(TINY_UNETS["sr"], prefix="cascade.model", extra=["cascade.trainer.precision=32"])

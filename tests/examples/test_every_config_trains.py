@@ -17,6 +17,7 @@ def test_the_list_covers_the_documented_configs():
     assert documented | {f"{name}-edm" for name in documented} | {"quickstart"} <= set(TRAINING_CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
 def test_config_trains_two_steps(config, tmp_path):
     extra = ["model.sample_log.every_n_steps=0", "exp_manager.resume_if_exists=False"]

@@ -16,6 +16,8 @@ from nemo_imagen.models.imagen import MegatronImagen
 from nemo_imagen.models.pipeline import ImagenPipeline, StageSampling, load_stage, model_from_lightning_checkpoint
 from tests.tiny import REPO, TINY_UNETS, run_example, tensorboard_scalars, tiny_overrides
 
+pytestmark = pytest.mark.slow  # trains an SR stage and runs the cascade: minutes on 2 cores
+
 MINILM = ["model.conditioning.embed_dim=384", "model.conditioning.token_length=8",
           "model.conditioning.online_encoding=True", "model.conditioning.encoder_path=all-MiniLM-L6-v2"]
 

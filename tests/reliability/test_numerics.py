@@ -57,6 +57,7 @@ def inject_faults(model):
     model.precond.loss = faulty_loss
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     cfg = OmegaConf.load(REPO / "examples/conf/base64-500m-edm.yaml")
     cfg.merge_with_dotlist(tiny_overrides(tmp_path, max_steps=20, extra=[

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.reliability.helpers import (
@@ -51,6 +52,7 @@ def final_state(exp_dir):
     return torch.load(last, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     """One kill-and-resume trial (RELIABILITY_KILL_TRIALS=N runs N, each killed at another random point)."""
     shards = make_shards(tmp_path)
@@ -118,6 +120,7 @@ def run_until_signal(exp_dir, shards, signum, whole_group, extra=()):
     return process.returncode, output, first_step
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigusr1_write_a_checkpoint_of_the_current_step_and_exit_cleanly(tmp_path):
     shards = make_shards(tmp_path)
     for signum, whole_group in ((signal.SIGTERM, False), (signal.SIGUSR1, True)):
