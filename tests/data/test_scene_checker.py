@@ -42,6 +42,8 @@ def cli_main():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
 NUM_EACH = 300  # ground-truth scenes of held-out pairings, and as many of seen ones
 
 
@@ -118,7 +120,7 @@ def test_swapped_places_reverse_the_relation():
 def test_a_soft_outline_is_judged_by_its_outline():
     """Samples of a small model are softer than the data: after a Gaussian blur of 1 pixel (measured: every
     figure 1.000 on these 200 scenes) the checker still reads the scenes."""
-    samples = _val(range(200), seed=13)
+    samples = _val(range(200), seed=5)
     blurred = [np.asarray(render_scene(s).filter(ImageFilter.GaussianBlur(1))) for s in samples]
     figures = summarize([judge_scene(s.caption, image) for s, image in zip(samples, blurred)])
     print(format_summary("blurred 1 px", figures))
