@@ -30,6 +30,7 @@ def main(cfg) -> None:
             encoder_path=text.get("encoder_path"),
             precached_key=text.get("precached_key"),
             token_length=text.token_length,
+            kind=demo.get("kind", "demo"),  # "scenes": two shapes and their relation (quickstart-scenes.yaml)
         )
     model = MegatronImagen(cfg.model, trainer)
     trainer.fit(model)

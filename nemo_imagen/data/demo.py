@@ -200,12 +200,24 @@ def prepare_demo_dataset(
     encoder_path: Optional[str] = None,
     precached_key: Optional[str] = None,
     token_length: int = 128,
+    kind: str = "demo",
 ) -> None:
     """Makes the demo shards in ``output_dir`` unless they exist; with ``precache_dir``, also copies of them
     carrying each caption's embedding by ``encoder_path`` under ``precached_key`` (embedded once here
-    instead of at every training step); an interrupted precache resumes with the shards it had not written."""
+    instead of at every training step); an interrupted precache resumes with the shards it had not written.
+    ``kind``: "demo" (one shape an image, this module) or "scenes" (two shapes and their relation,
+    ``nemo_imagen.data.scenes``)."""
+    if kind not in ("demo", "scenes"):
+        from nemo_imagen.models.config import ConfigError  # a ValueError that train.py reports in one line
+
+        raise ConfigError(f"demo_data.kind: {kind!r} is not one of 'demo', 'scenes'")
     if not any(Path(output_dir).glob("train-*.tar")):
-        make_demo_dataset(output_dir, num_samples=num_samples, seed=seed, image_size=image_size)
+        if kind == "scenes":
+            from nemo_imagen.data.scenes import make_scenes_dataset  # imports this module
+
+            make_scenes_dataset(output_dir, num_samples=num_samples, seed=seed, image_size=image_size)
+        else:
+            make_demo_dataset(output_dir, num_samples=num_samples, seed=seed, image_size=image_size)
     if precache_dir:  # shards already written are skipped, and the encoder is loaded only if one is left
         from nemo_imagen.data.precache import precache_embeddings  # loads transformers: only when needed
 

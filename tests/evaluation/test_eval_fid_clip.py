@@ -43,8 +43,10 @@ def run_script(script, *args, check=True):
 def quickstart(tmp_path_factory):
     """(.nemo, demo shard folder): quickstart with the tiny UNet, trained 2 steps on its own demo shards."""
     root = tmp_path_factory.mktemp("quickstart")
+    # train.py also writes the shards' copies with MiniLM states (demo_data.precache_dir), which training reads
     extra = ["model.sample_log.every_n_steps=0", f"demo_data.output_dir={root}/demo", "demo_data.num_samples=32",
-             f"model.data.train.dataset_path=[{root}/demo/train-000000.tar]", "model.unet.attention_resolutions=[]"]
+             f"demo_data.precache_dir={root}/demo/minilm",
+             f"model.data.train.dataset_path=[{root}/demo/minilm/train-000000.tar]", "model.unet.attention_resolutions=[]"]
     tiny = [item for item in tiny_overrides(root / "exp", 2, extra, tiny_text=False, synthetic=False)
             if not item.startswith("model.unet.attention_resolutions=[32")]  # no attention: sampling 4x faster
     result = run_script("train.py", "--config-name", "quickstart", *tiny)

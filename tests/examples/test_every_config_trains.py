@@ -22,10 +22,15 @@ def test_the_list_covers_the_documented_configs():
 def test_config_trains_two_steps(config, tmp_path):
     extra = ["model.sample_log.every_n_steps=0", "exp_manager.resume_if_exists=False"]
     quickstart = config.startswith("quickstart")
+    yaml = OmegaConf.load(REPO / "examples" / "conf" / f"{config}.yaml")
     if quickstart:  # its own demo shards (made by train.py) and MiniLM text: only the model is shrunk
+        # with demo_data.precache_dir, train.py also writes copies carrying the MiniLM token states, read instead
+        shards = f"{tmp_path}/demo/minilm" if yaml.demo_data.get("precache_dir") else f"{tmp_path}/demo"
         extra += [f"demo_data.output_dir={tmp_path}/demo", "demo_data.num_samples=64",
-                  f"model.data.train.dataset_path=[{tmp_path}/demo/train-000000.tar]"]
-    unet_type = OmegaConf.load(REPO / "examples" / "conf" / f"{config}.yaml").model.unet_type
+                  f"model.data.train.dataset_path=[{shards}/train-000000.tar]"]
+        if yaml.demo_data.get("precache_dir"):  # never the repository's own precache folder
+            extra.append(f"demo_data.precache_dir={shards}")
+    unet_type = yaml.model.unet_type
     overrides = tiny_overrides(tmp_path / "exp", 2, extra, tiny_text=not quickstart, synthetic=not quickstart,
                                unet_type=unet_type)
     result = run_example("train.py", "--config-name", config, *overrides)
