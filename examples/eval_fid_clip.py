@@ -56,7 +56,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from nemo_imagen.evaluation.captions import draw_captions, read_captions  # noqa: E402
 from nemo_imagen.evaluation.generation import generate_images, image_path, shard_batches  # noqa: E402
 from nemo_imagen.models.config import ConfigError  # noqa: E402
-from nemo_imagen.models.sample_grid import to_uint8  # noqa: E402
+from nemo_imagen.images import to_uint8  # noqa: E402
 from nemo_imagen.models.pipeline import STAGES, ImagenPipeline, SampleConfig, StageSampling  # noqa: E402
 from nemo_imagen.precision import choose_precision  # noqa: E402
 

@@ -13,7 +13,7 @@ DEFAULT_CONFIG = "sample"
 
 @exit_on_config_error
 def main(cfg) -> None:
-    from nemo_imagen.models.sample_grid import image_grid, save_png, to_uint8
+    from nemo_imagen.images import image_grid, save_png, to_uint8
     from nemo_imagen.models.pipeline import ImagenPipeline, sample_config_from
     from nemo_imagen.models.prompts import read_prompts
 

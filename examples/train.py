@@ -15,6 +15,7 @@ DEFAULT_CONFIG = "base64-500m"
 def main(cfg) -> None:
     from nemo_imagen.data.demo import prepare_demo_dataset
     from nemo_imagen.models.imagen import MegatronImagen
+    from nemo_imagen.models.sample_grid import save_sample_grid
     from nemo_imagen.models.trainer_builder import build_trainer
 
     trainer = build_trainer(cfg)  # checks the `model` block first: a mistake there builds nothing
@@ -36,7 +37,7 @@ def main(cfg) -> None:
     trainer.fit(model)
     if trainer.global_rank == 0:
         checkpoints = Path(trainer.log_dir or ".") / "checkpoints"
-        grid = model.save_sample_grid(checkpoints.parent / "samples_final.png")
+        grid = save_sample_grid(model, checkpoints.parent / "samples_final.png")
         for nemo in sorted(checkpoints.glob("*.nemo")):
             print(f"model: {nemo}")
         if grid:

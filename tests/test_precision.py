@@ -223,9 +223,11 @@ def test_an_explicit_sampling_precision_is_honoured(model, cpu, answer):
 def test_the_training_sample_grid_uses_the_trainers_precision(model, cpu, monkeypatch):
     from types import SimpleNamespace
 
+    from nemo_imagen.models.sample_grid import fixed_prompt_grid
+
     cond = model.typed_cfg.conditioning
-    model._log_batch = (["x"], torch.randn(1, cond.token_length, cond.embed_dim),
-                        torch.ones(1, cond.token_length, dtype=torch.bool), None)
+    model.first_batch_text = (["x"], torch.randn(1, cond.token_length, cond.embed_dim),
+                              torch.ones(1, cond.token_length, dtype=torch.bool), None)
     monkeypatch.setattr(model.typed_cfg.sample_log, "steps", 1)
     monkeypatch.setattr(model.typed_cfg.sample_log, "images_per_prompt", 1)
     seen = []
@@ -233,9 +235,9 @@ def test_the_training_sample_grid_uses_the_trainers_precision(model, cpu, monkey
     monkeypatch.setattr(model, "sample", lambda *args, **kwargs: seen.append(kwargs["precision"]) or sample(*args, **kwargs))
     cpu(NATIVE)
     monkeypatch.setattr(model, "_trainer", SimpleNamespace(precision="32-true"))
-    model.sample_fixed_prompts()
+    fixed_prompt_grid(model)
     monkeypatch.setattr(model, "_trainer", None)
-    model.sample_fixed_prompts()
+    fixed_prompt_grid(model)
     assert seen == ["32-true", "auto"]
 
 

@@ -237,6 +237,12 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+def bad_fraction(samples: int, skipped: Dict[str, int]) -> float:
+    """Faulty samples / samples read, from ``samples`` delivered and ``skipped`` counts per kind."""
+    read = samples + sum(skipped.values())
+    return sum(skipped.get(kind, 0) for kind in FAULT_KINDS) / read if read else 0.0
+
+
 class ImagenDataLoader(DataLoader):
     """``DataLoader`` over an ``ImagenWebDataset`` (which yields whole batches).
 
@@ -244,6 +250,9 @@ class ImagenDataLoader(DataLoader):
     skip, e.g. when resuming). The ``skipped`` counts of all batches are summed in ``skipped_total`` and
     logged from the main process, and the run stops with ``DataFaultError`` when more than
     ``max_bad_fraction`` of the samples read were faulty (checked from ``min_samples`` samples on).
+    Each batch carries ``data_counts``, the run's totals up to and including it (``samples``, and
+    ``skipped`` per kind): the model logs them and keeps the last trained batch's totals in its checkpoints
+    (the loader itself runs a batch ahead of training).
     """
 
     def __init__(
@@ -302,6 +311,7 @@ class ImagenDataLoader(DataLoader):
                         sum(self.skipped_total.values()), _nonzero(self.skipped_total),
                     )
                 self._check_bad_fraction()
+            batch["data_counts"] = {"samples": self.samples_total, "skipped": dict(self.skipped_total)}
             yield batch
         if skip > num_batches:
             raise DataFaultError(
@@ -315,9 +325,7 @@ class ImagenDataLoader(DataLoader):
 
     def bad_fraction(self) -> float:
         """Faulty samples / samples read (delivered + faulty), over the whole run."""
-        bad = sum(self.skipped_total[kind] for kind in FAULT_KINDS)
-        read = self.samples_total + sum(self.skipped_total.values())
-        return bad / read if read else 0.0
+        return bad_fraction(self.samples_total, self.skipped_total)
 
     def _check_bad_fraction(self) -> None:
         read = self.samples_total + sum(self.skipped_total.values())

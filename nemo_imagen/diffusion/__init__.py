@@ -34,6 +34,7 @@ from .samplers import (
     sample_heun,
     sampling_sigmas,
 )
+from .sampling import sample_images
 from .schedules import karras_sigmas
 from .training import (
     TrainingBatch,
@@ -85,6 +86,7 @@ __all__ = [
     "sample_heun",
     "sampling_sigmas",
     "karras_sigmas",
+    "sample_images",
     "TrainingBatch",
     "TrainingDraws",
     "batched_draws",

@@ -1,5 +1,5 @@
 """Reading real reference images for evaluation (a folder or webdataset shards), brought to one square
-resolution as uint8 tensors. (Writing generated images: models/sample_grid.py.)"""
+resolution as uint8 tensors. (Writing generated images: nemo_imagen/images.py.)"""
 import hashlib
 import io
 import tarfile

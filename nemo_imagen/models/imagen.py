@@ -1,23 +1,19 @@
 """MegatronImagen: one Imagen stage (a text-conditioned UNet under a diffusion preconditioning) as a NeMo model."""
 import copy
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from nemo_imagen.data.synthetic import build_synthetic_dataloader
-from nemo_imagen.data.webdataset_pipeline import FAULT_KINDS, build_train_dataloader
+from nemo_imagen.data.webdataset_pipeline import bad_fraction, build_train_dataloader
 from nemo_imagen.diffusion import (
     SAMPLERS,
     build_preconditioning,
-    classifier_free_guidance,
     drop_nonfinite_gradients,
     lowres_inputs,
+    sample_images,
     sampling_augmentation_sigma,
-    sampling_sigmas,
     step_seed,
-    threshold_denoiser,
     training_loss,
     update_ema,
 )
@@ -25,7 +21,7 @@ from nemo_imagen.diffusion.numerics import NonFiniteGuard
 from nemo_imagen.models.config import AUTOCAST_DTYPES, ConfigError, validate_model_config
 from nemo_imagen.models.megatron_base import MegatronImagenBase, gather_from_ranks
 from nemo_imagen.models.reliability import capture_rng_state, restore_rng_state
-from nemo_imagen.models.sample_grid import image_grid, save_png
+from nemo_imagen.models.sample_grid import log_sample_grid
 from nemo_imagen.modules import build_unet
 from nemo_imagen.precision import choose_precision
 from nemo_imagen.text.encoders import TextEncoder, build_text_encoder, check_width
@@ -54,7 +50,7 @@ class MegatronImagen(MegatronImagenBase):
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.precond = build_preconditioning(typed.preconditioning_type, typed.preconditioning)
         # (captions, text_embed, text_mask, lowres or None) of the first training batch, for sample grids
-        self._log_batch: Optional[Tuple[List[str], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None
+        self.first_batch_text: Optional[Tuple[List[str], torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None
         # Not registered as submodules: the frozen encoder must never enter a checkpoint, and the compiled
         # UNet shares the weights of `self.unet`.
         object.__setattr__(self, "_text_encoder", None)
@@ -63,8 +59,8 @@ class MegatronImagen(MegatronImagenBase):
         self._guard = NonFiniteGuard(typed.reliability.max_consecutive_nonfinite_steps)
         self._loss_finite = torch.ones((), dtype=torch.bool)
         self._step_skipped = False
-        self._skipped: Dict[str, int] = {}  # data samples dropped, per kind, over the whole run
-        self._samples_read = 0  # samples delivered to this rank's training steps, over the whole run
+        # the data pipeline's totals (samples, skipped per kind) as of the last batch trained on
+        self._data_counts: Optional[Dict[str, Any]] = None
         self._data_epoch, self._batches_in_epoch = 0, 0
         self._resumed = False
         self._last_sample_log_step = -1
@@ -148,9 +144,9 @@ class MegatronImagen(MegatronImagenBase):
             text_embed, text_mask = self._batch_text(batch)
         batch_size = images.shape[0]
         lowres = batch[f"images_{resolutions[0]}"] if typed.is_super_resolution else None
-        if self._log_batch is None:
+        if self.first_batch_text is None:
             count = min(batch_size, len(typed.sample_log.prompts) or 4)
-            self._log_batch = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count],
+            self.first_batch_text = (list(batch["captions"][:count]), text_embed[:count], text_mask[:count],
                                None if lowres is None else lowres[:count])
         if "sample_keys" not in batch:
             raise KeyError(
@@ -175,15 +171,13 @@ class MegatronImagen(MegatronImagenBase):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         self.log("global_step", float(self.trainer.global_step))
         self.log("consumed_samples", float(self.consumed_samples))
-        self._samples_read += len(batch["captions"])
-        if "skipped" in batch:
-            for kind, count in batch["skipped"].items():
-                self._skipped[kind] = self._skipped.get(kind, 0) + int(count)
-            for kind, count in self._skipped.items():
+        counts = batch.get("data_counts")
+        if counts is not None:
+            self._data_counts = counts
+            for kind, count in counts["skipped"].items():
                 if count:
                     self.log(f"data/skipped_{kind}", float(count))
-            faults = sum(self._skipped.get(kind, 0) for kind in FAULT_KINDS)
-            self.log("data/bad_fraction", faults / max(1, self._samples_read + sum(self._skipped.values())))
+            self.log("data/bad_fraction", bad_fraction(counts["samples"], counts["skipped"]))
 
     def on_train_start(self):
         if self.ema_unet is not None:
@@ -226,15 +220,14 @@ class MegatronImagen(MegatronImagenBase):
         if every > 0 and step % every == 0 and step != self._last_sample_log_step:
             self._last_sample_log_step = step
             with self.trainer.profiler.profile("sample_grid"):
-                self.log_sample_grid()
+                log_sample_grid(self)
 
     # ---- exact resume: what a checkpoint carries besides weights, optimizer, schedule and loop counters ----
     def on_save_checkpoint(self, checkpoint):
         own = {
             "data_epoch": self._data_epoch,
             "batches_in_epoch": self._batches_in_epoch,
-            "samples_read": self._samples_read,
-            "skipped": dict(self._skipped),
+            "data_counts": self._data_counts,
             "rng": capture_rng_state(),
         }
         checkpoint["nemo_imagen"] = {"per_rank": gather_from_ranks(own), "guard": self._guard.state_dict()}
@@ -256,14 +249,15 @@ class MegatronImagen(MegatronImagenBase):
         if len(per_rank) == self.data_parallel_size and rank < len(per_rank):
             own = per_rank[rank]
         else:  # a different number of ranks: rank 0 carries the totals, the data stream restarts
-            own = dict(per_rank[0], batches_in_epoch=0)
-            own["samples_read"] = sum(entry["samples_read"] for entry in per_rank) if rank == 0 else 0
-            own["skipped"] = {
-                kind: sum(entry["skipped"].get(kind, 0) for entry in per_rank) if rank == 0 else 0
-                for kind in per_rank[0]["skipped"]
-            }
-        self._skipped = dict(own["skipped"])
-        self._samples_read = own["samples_read"]
+            own = dict(per_rank[0], batches_in_epoch=0, data_counts=None)
+            counts = [entry["data_counts"] for entry in per_rank if entry.get("data_counts") is not None]
+            if rank == 0 and counts:
+                kinds = {kind for entry in counts for kind in entry["skipped"]}
+                own["data_counts"] = {
+                    "samples": sum(entry["samples"] for entry in counts),
+                    "skipped": {kind: sum(entry["skipped"].get(kind, 0) for entry in counts) for kind in kinds},
+                }
+        self._data_counts = own.get("data_counts")  # None in checkpoints of older versions
         if self._trainer is None:  # loaded for sampling or export, not to train on
             return
         restore_rng_state(own["rng"])
@@ -276,61 +270,11 @@ class MegatronImagen(MegatronImagenBase):
         self._resumed = True
         if hasattr(self._train_dl, "set_epoch"):
             self._train_dl.set_epoch(epoch, batches)
-        if hasattr(self._train_dl, "restore_counts"):
-            self._train_dl.restore_counts(self._samples_read, self._skipped)
+        if hasattr(self._train_dl, "restore_counts") and self._data_counts is not None:
+            self._train_dl.restore_counts(self._data_counts["samples"], self._data_counts["skipped"])
 
     def _update_ema(self, step: int):
         update_ema(self.ema_unet, self.unet, self.typed_cfg.ema.decay, step)
-
-    def log_sample_grid(self):
-        """Samples the fixed prompts and writes a grid to TensorBoard (rank 0 only)."""
-        if self.global_rank != 0 or self.logger is None or not hasattr(self.logger.experiment, "add_image"):
-            return
-        sampled = self.sample_fixed_prompts()
-        if sampled is not None:
-            prompts, grid = sampled
-            self.logger.experiment.add_image("samples", grid, self.trainer.global_step, dataformats="HWC")
-            self.logger.experiment.add_text("sample_prompts", " | ".join(prompts), self.trainer.global_step)
-
-    def save_sample_grid(self, path) -> Optional[Path]:
-        """Writes the fixed prompts' sample grid (one row per prompt) as a PNG; None if there are no prompts."""
-        sampled = self.sample_fixed_prompts()
-        return save_png(sampled[1], path) if sampled is not None else None
-
-    def sample_fixed_prompts(self) -> Optional[Tuple[List[str], np.ndarray]]:
-        """Samples `sample_log.prompts` (or, without a text encoder, the first batch's captions)
-        -> (prompts, grid [H, W, C] uint8 with one row per prompt).
-
-        A super-resolution stage upscales the first training batch's low-res images with their captions;
-        each row then starts with the bicubic upscale of its input, for comparison."""
-        log_cfg = self.typed_cfg.sample_log
-        lowres = None
-        if self.text_encoder is not None and log_cfg.prompts and not self.typed_cfg.is_super_resolution:
-            prompts = list(log_cfg.prompts)
-            text_embed, text_mask = self.encode_prompts(prompts)
-        elif self._log_batch is not None:
-            prompts, text_embed, text_mask, lowres = self._log_batch
-        else:
-            return None
-        repeat = log_cfg.images_per_prompt
-        generator = torch.Generator(device=self.device).manual_seed(log_cfg.seed)
-        images = self.sample(
-            text_embed.repeat_interleave(repeat, 0),
-            text_mask.repeat_interleave(repeat, 0),
-            lowres=None if lowres is None else lowres.repeat_interleave(repeat, 0),
-            sampler=log_cfg.sampler,
-            steps=log_cfg.steps,
-            guidance_scale=log_cfg.cfg,
-            thresholding=log_cfg.thresholding,
-            generator=generator,
-            # the training run's resolved precision; without a trainer, what suits this machine
-            precision=self._trainer.precision if getattr(self, "_trainer", None) is not None else "auto",
-        )
-        if lowres is None:
-            return prompts, image_grid(images, nrow=repeat)
-        upscaled = torch.nn.functional.interpolate(lowres.float(), size=images.shape[-2:], mode="bicubic").clamp(-1, 1)
-        rows = torch.cat([upscaled.cpu()[:, None], images.cpu().view(len(prompts), repeat, *images.shape[1:])], dim=1)
-        return prompts, image_grid(rows.flatten(0, 1), nrow=repeat + 1)
 
     # ---- sampling ----
     @torch.no_grad()
@@ -368,34 +312,19 @@ class MegatronImagen(MegatronImagenBase):
         text_mask = text_mask.to(self.device, torch.bool)
         batch_size = text_embed.shape[0]
         lowres_cond = self._sampling_lowres(lowres, batch_size, noise_cond_aug_sigma, generator)
-        was_training = net.training
-        net.eval()
         unet_cfg = self.typed_cfg.unet
         side = unet_cfg.image_size if lowres is None else lowres.shape[-1] * self.typed_cfg.upscale_factor
-        shape = (batch_size, unet_cfg.channels, side, side)
-
-        def denoise(x, sigma, drop_text):
-            repeat = x.shape[0] // batch_size  # 2 when guidance batches the conditional and unconditional halves
-            tiled = {key: _tile(value, repeat) for key, value in lowres_cond.items()}
-            return self.precond.denoise(
-                net,
-                x,
-                sigma,
-                text_embed=text_embed.repeat(repeat, 1, 1),
-                text_mask=text_mask.repeat(repeat, 1),
-                drop_text=drop_text,
-                **tiled,
-            )
-
-        denoiser = threshold_denoiser(classifier_free_guidance(denoise, guidance_scale), thresholding)
-        sigmas = sampling_sigmas(self.precond, sampler, steps).to(self.device)
-        noise = torch.randn(shape, generator=generator, device=self.device)
-        x = noise * sigmas[0].to(noise.dtype)
         autocast_dtype = AUTOCAST_DTYPES.get(str(choose_precision(precision, self.device.type)[0]))
-        with torch.autocast(self.device.type, getattr(torch, autocast_dtype or "float32"), enabled=bool(autocast_dtype)):
-            images = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback)
+        was_training = net.training
+        net.eval()
+        images = sample_images(
+            self.precond, net, (batch_size, unet_cfg.channels, side, side), text_embed, text_mask,
+            lowres_cond=lowres_cond, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
+            thresholding=thresholding, generator=generator, callback=callback,
+            autocast_dtype=getattr(torch, autocast_dtype) if autocast_dtype else None,
+        )
         net.train(was_training)
-        return images.clamp(-1, 1)
+        return images
 
     def _sampling_lowres(self, lowres, batch_size: int, noise_cond_aug_sigma, generator) -> Dict:
         """Checks the low-res input of a sampling call and returns the UNet's low-res keyword arguments."""
@@ -420,7 +349,3 @@ class MegatronImagen(MegatronImagenBase):
         sigma = sampling_augmentation_sigma(self.precond, batch_size, level, device=self.device)
         return lowres_inputs(self.precond, lowres.to(self.device, torch.float32), typed.noise_cond_aug, sigma, generator)
 
-
-def _tile(tensor: Optional[torch.Tensor], repeat: int) -> Optional[torch.Tensor]:
-    """[B, ...] -> [repeat * B, ...], the whole batch repeated (None stays None)."""
-    return None if tensor is None else tensor.repeat(repeat, *[1] * (tensor.ndim - 1))

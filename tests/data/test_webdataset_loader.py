@@ -34,7 +34,10 @@ def test_batches_follow_the_model_contract(tmp_path, kit):
     assert skipped == {}
     assert [len(b["captions"]) for b in batches] == [4, 2]  # the last batch of a finite epoch is partial
     batch = batches[0]
-    assert set(batch) == {"images", "images_64", "captions", "t5_text", "t5_text_mask", "skipped", "sample_keys"}
+    assert set(batch) == {
+        "images", "images_64", "captions", "t5_text", "t5_text_mask", "skipped", "sample_keys", "data_counts"
+    }
+    assert [b["data_counts"]["samples"] for b in batches] == [4, 6]  # the run's totals up to each batch
     assert batch["sample_keys"] == [f"{paths[0]}/{caption.split()[1]}" for caption in batch["captions"]]
     assert batch["images"] is batch["images_64"]
     assert batch["images"].shape == (4, 3, 64, 64) and batch["images"].dtype == torch.float32

@@ -92,9 +92,10 @@ def kill_and_resume(killed_dir, shards, expected) -> int:
             assert torch.equal(value, actual_optim[index][key]), (index, key)
     assert expected["lr_schedulers"] == actual["lr_schedulers"]
     ours, theirs = expected["nemo_imagen"]["per_rank"][0], actual["nemo_imagen"]["per_rank"][0]
-    assert (ours["samples_read"], ours["data_epoch"], ours["batches_in_epoch"]) == (
-        theirs["samples_read"], theirs["data_epoch"], theirs["batches_in_epoch"]
-    ) == (2 * 2 * MAX_STEPS, 1, 8)
+    assert (ours["data_counts"], ours["data_epoch"], ours["batches_in_epoch"]) == (
+        theirs["data_counts"], theirs["data_epoch"], theirs["batches_in_epoch"]
+    )
+    assert (ours["data_counts"]["samples"], ours["data_epoch"], ours["batches_in_epoch"]) == (2 * 2 * MAX_STEPS, 1, 8)
     return killed_at
 
 
