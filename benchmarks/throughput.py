@@ -567,15 +567,22 @@ def _train_flops(typed, precond, module, inputs: Inputs, dtype, device) -> Dict[
     return {"forward_flops_per_image": forward_flops / batch, "train_flops_per_image": train_flops / batch}
 
 
-def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
-    from nemo_imagen.models.imagen import MegatronImagen  # NeMo import: only when a model is built
-
+def _setup_run(cfg: DictConfig, bench: BenchConfig):
+    """-> (device, the typed model config with its precision resolved for the device, autocast dtype); applies
+    the backend settings and seeds torch from the config."""
     device = resolve_device(bench.device)
     typed, _ = validate_model_config(cfg.model)
     typed.precision = choose_precision(typed.precision, device.type)[0]  # `auto`: what suits this device
     dtype = autocast_dtype(typed.precision)
     _backend_settings(cfg, device)
     torch.manual_seed(typed.seed)
+    return device, typed, dtype
+
+
+def run_train(report: Report, cfg: DictConfig, bench: BenchConfig):
+    from nemo_imagen.models.imagen import MegatronImagen  # NeMo import: only when a model is built
+
+    device, typed, dtype = _setup_run(cfg, bench)
     stage = MegatronImagen(cfg.model).to(device).train()
     compile_ = typed.inductor
     batch = typed.micro_batch_size
@@ -648,12 +655,7 @@ def _build_sampling_stage(model_cfg: DictConfig, device):
 def run_sample(report: Report, cfg: DictConfig, bench: BenchConfig, cascade_cfg: Optional[DictConfig] = None):
     """Sampling throughput through `MegatronImagen.sample`: one stage (an SR stage alone samples from synthetic
     low-res images), or with `cascade_cfg` the base stage followed by that SR stage on its output."""
-    device = resolve_device(bench.device)
-    typed, _ = validate_model_config(cfg.model)
-    typed.precision = choose_precision(typed.precision, device.type)[0]  # `auto`: what suits this device
-    dtype = autocast_dtype(typed.precision)
-    _backend_settings(cfg, device)
-    torch.manual_seed(typed.seed)
+    device, typed, dtype = _setup_run(cfg, bench)
     stage = _build_sampling_stage(cfg.model, device)
     upper = None
     if cascade_cfg is not None:

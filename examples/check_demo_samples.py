@@ -10,33 +10,27 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from nemo_imagen.data.demo_checker import judge, prompt_target
+from nemo_imagen.images import read_sample_folder
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples_dir", type=Path)
     args = parser.parse_args(argv)
-    prompts_file = args.samples_dir / "prompts.txt"
-    if not prompts_file.is_file():
-        print(f"error: {prompts_file} not found (write it with examples/sample.py)", file=sys.stderr)
+    try:
+        prompts, samples = read_sample_folder(args.samples_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    prompts = prompts_file.read_text(encoding="utf-8").splitlines()
     per_prompt = defaultdict(lambda: [0, 0, 0])  # images, colour right, shape right
-    for path in sorted(args.samples_dir.glob("[0-9]*_[0-9]*.png")):
-        prompt = prompts[int(path.stem.split("_")[0])]
-        colour, shape = prompt_target(prompt)
-        judged_colour, judged_shape = judge(np.asarray(Image.open(path).convert("RGB")))
-        counts = per_prompt[prompt]
+    for index, image in samples:
+        colour, shape = prompt_target(prompts[index])
+        judged_colour, judged_shape = judge(image)
+        counts = per_prompt[prompts[index]]
         counts[0] += 1
         counts[1] += judged_colour == colour
         counts[2] += judged_shape == shape
-    if not per_prompt:
-        print(f"error: no sample PNGs in {args.samples_dir}", file=sys.stderr)
-        return 2
     for prompt, (images, colours, shapes) in per_prompt.items():
         print(f"{prompt:28s} colour {colours}/{images}  shape {shapes}/{images}")
     images, colours, shapes = (sum(column) for column in zip(*per_prompt.values()))

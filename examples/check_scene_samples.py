@@ -17,10 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from nemo_imagen.data.scene_checker import find_objects, format_summary, parse_scene_prompt, score, summarize
+from nemo_imagen.images import read_sample_folder
 
 
 def main(argv=None) -> int:
@@ -29,28 +27,19 @@ def main(argv=None) -> int:
     parser.add_argument("--per_prompt", action="store_true", help="also print each prompt's figures")
     parser.add_argument("--json", type=Path, help="write the figures of each set to this file")
     args = parser.parse_args(argv)
-    prompts_file = args.samples_dir / "prompts.txt"
-    if not prompts_file.is_file():
-        print(f"error: {prompts_file} not found (write it with examples/sample.py)", file=sys.stderr)
+    try:
+        prompts, samples = read_sample_folder(args.samples_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    prompts = prompts_file.read_text(encoding="utf-8").splitlines()
     try:
         parsed = [parse_scene_prompt(prompt) for prompt in prompts]
     except ValueError as error:
-        print(f"error: {prompts_file}: {error}", file=sys.stderr)
+        print(f"error: {args.samples_dir / 'prompts.txt'}: {error}", file=sys.stderr)
         return 2
     per_prompt = defaultdict(list)
-    for path in sorted(args.samples_dir.glob("[0-9]*_[0-9]*.png")):
-        index = int(path.stem.split("_")[0])
-        if index >= len(prompts):
-            print(f"error: {path.name}: prompt {index} is not in {prompts_file} ({len(prompts)} prompts)",
-                  file=sys.stderr)
-            return 2
-        image = np.asarray(Image.open(path).convert("RGB"))
+    for index, image in samples:
         per_prompt[index].append(score(parsed[index], find_objects(image)))
-    if not per_prompt:
-        print(f"error: no sample PNGs in {args.samples_dir}", file=sys.stderr)
-        return 2
     if args.per_prompt:
         for index in sorted(per_prompt):
             label = "held-out" if parsed[index].held_out else "seen"

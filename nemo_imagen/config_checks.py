@@ -1,5 +1,11 @@
-"""Small checks shared by the typed configs of every layer (`modules/`, `text/`, `data/`, ...)."""
+"""Small checks shared by the typed configs of every layer (`modules/`, `text/`, `data/`, ...), and the error
+they raise for a user's mistake."""
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: the message names the key and what is allowed (the entry points print it
+    as one line)."""
 
 
 def is_int(value: Any) -> bool:

@@ -16,11 +16,13 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 from webdataset import TarWriter
+
+from nemo_imagen.config_checks import ConfigError
 
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -171,22 +173,38 @@ def make_demo_dataset(
     Returns:
         ``{"train": [shard paths], "val": [shard paths]}``.
     """
+    return write_shards(_write_shard, "make_demo_dataset", output_dir, num_samples, samples_per_shard, seed,
+                        num_val_samples, image_size)
+
+
+def write_shards(
+    write_shard: Callable[[str, int, str, range, int], None],
+    caller: str,
+    output_dir: str,
+    num_samples: int,
+    samples_per_shard: int,
+    seed: int,
+    num_val_samples: int,
+    image_size: int,
+) -> Dict[str, List[str]]:
+    """The shard layout of the demo and scenes datasets: ``write_shard(path, seed, split, indices, image_size)``
+    writes the samples ``indices`` of ``split``; ``caller`` names the function in error messages."""
     if num_samples <= 0 or samples_per_shard <= 0 or num_val_samples < 0:
         raise ValueError(
-            f"make_demo_dataset: num_samples {num_samples} and samples_per_shard {samples_per_shard} must be "
+            f"{caller}: num_samples {num_samples} and samples_per_shard {samples_per_shard} must be "
             f"positive and num_val_samples {num_val_samples} non-negative"
         )
     if image_size <= 0 or image_size % IMAGE_SIZE:
-        raise ValueError(f"make_demo_dataset: image_size {image_size} must be a positive multiple of {IMAGE_SIZE}")
+        raise ValueError(f"{caller}: image_size {image_size} must be a positive multiple of {IMAGE_SIZE}")
     os.makedirs(output_dir, exist_ok=True)
     shards: Dict[str, List[str]] = {"train": [], "val": []}
     for shard_index, start in enumerate(range(0, num_samples, samples_per_shard)):
         path = os.path.join(output_dir, f"train-{shard_index:06d}.tar")
-        _write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)), image_size)
+        write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)), image_size)
         shards["train"].append(path)
     if num_val_samples:
         path = os.path.join(output_dir, "val-000000.tar")
-        _write_shard(path, seed, "val", range(num_val_samples), image_size)
+        write_shard(path, seed, "val", range(num_val_samples), image_size)
         shards["val"].append(path)
     return shards
 
@@ -208,8 +226,6 @@ def prepare_demo_dataset(
     ``kind``: "demo" (one shape an image, this module) or "scenes" (two shapes and their relation,
     ``nemo_imagen.data.scenes``)."""
     if kind not in ("demo", "scenes"):
-        from nemo_imagen.models.config import ConfigError  # a ValueError that train.py reports in one line
-
         raise ConfigError(f"demo_data.kind: {kind!r} is not one of 'demo', 'scenes'")
     if not any(Path(output_dir).glob("train-*.tar")):
         if kind == "scenes":

@@ -36,7 +36,6 @@ the other), ``held_out``, ``background``, ``caption``.
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
@@ -57,6 +56,7 @@ from nemo_imagen.data.demo import (
     demo_sample,
     encode_jpeg,
     render,
+    write_shards,
 )
 
 SceneObjectKey = Tuple[str, str]  # (colour, shape)
@@ -282,21 +282,5 @@ def make_scenes_dataset(
     Returns:
         ``{"train": [shard paths], "val": [shard paths]}``.
     """
-    if num_samples <= 0 or samples_per_shard <= 0 or num_val_samples < 0:
-        raise ValueError(
-            f"make_scenes_dataset: num_samples {num_samples} and samples_per_shard {samples_per_shard} must be "
-            f"positive and num_val_samples {num_val_samples} non-negative"
-        )
-    if image_size <= 0 or image_size % IMAGE_SIZE:
-        raise ValueError(f"make_scenes_dataset: image_size {image_size} must be a positive multiple of {IMAGE_SIZE}")
-    os.makedirs(output_dir, exist_ok=True)
-    shards: Dict[str, List[str]] = {"train": [], "val": []}
-    for shard_index, start in enumerate(range(0, num_samples, samples_per_shard)):
-        path = os.path.join(output_dir, f"train-{shard_index:06d}.tar")
-        _write_shard(path, seed, "train", range(start, min(start + samples_per_shard, num_samples)), image_size)
-        shards["train"].append(path)
-    if num_val_samples:
-        path = os.path.join(output_dir, "val-000000.tar")
-        _write_shard(path, seed, "val", range(num_val_samples), image_size)
-        shards["val"].append(path)
-    return shards
+    return write_shards(_write_shard, "make_scenes_dataset", output_dir, num_samples, samples_per_shard, seed,
+                        num_val_samples, image_size)

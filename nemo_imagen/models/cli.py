@@ -255,7 +255,7 @@ def exit_on_config_error(main):
         try:
             return main(*args, **kwargs)
         except Exception as error:
-            if isinstance(error, (FileNotFoundError, *_loaded_classes("nemo_imagen.models.config.ConfigError"))):
+            if isinstance(error, (FileNotFoundError, *_loaded_classes("nemo_imagen.config_checks.ConfigError"))):
                 fail(str(error))
             stopped = _loaded_classes(
                 "nemo_imagen.data.webdataset_pipeline.DataFaultError", "nemo_imagen.diffusion.numerics.NonFiniteStepError"

@@ -10,14 +10,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemo_imagen.config_checks import ConfigError
 from nemo_imagen.data.config import DataConfig
 from nemo_imagen.diffusion import THRESHOLDS, preconditioning_config_class
 from nemo_imagen.modules import SUPER_RESOLUTION_UNET_TYPES, unet_config_class
 from nemo_imagen.text.config import ConditioningConfig
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config: the message names the key and what is allowed."""
 
 
 @dataclass
