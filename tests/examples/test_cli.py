@@ -240,3 +240,15 @@ def test_importing_the_model_shows_no_transformer_engine_warning_but_others():  
     output = result.stdout + result.stderr
     assert "a probe warning" in output  # shown (through NeMo's warning logger)
     assert "Transformer Engine" not in output and "Apex" not in output, output[-3000:]
+
+
+def test_the_openmp_spin_is_shortened_before_torch_loads_unless_the_user_set_it():
+    """GOMP_SPINCOUNT is read once, when torch loads libgomp: importing nemo_imagen.models (as every example script
+    does first) sets it before that, and leaves a value the user gave alone."""
+    probe = "import os, sys, nemo_imagen.models; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
+    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    ours = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    assert ours.stdout.split() == [cli.OPENMP_SPIN_COUNT, "False"]
+    theirs = subprocess.run([sys.executable, "-c", probe], env={**env, "GOMP_SPINCOUNT": "123"}, capture_output=True,
+                            text=True, check=True, cwd=REPO)
+    assert theirs.stdout.split() == ["123", "False"]
