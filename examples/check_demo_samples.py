@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from nemo_imagen.data.demo_checker import judge, prompt_target
-from nemo_imagen.images import read_sample_folder
+from nemo_imagen.images import read_sample_images, read_sample_prompts
 
 
 def main(argv=None) -> int:
@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("samples_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        prompts, samples = read_sample_folder(args.samples_dir)
+        prompts = read_sample_prompts(args.samples_dir)
+        samples = read_sample_images(args.samples_dir, len(prompts))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

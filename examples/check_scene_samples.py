@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from nemo_imagen.data.scene_checker import find_objects, format_summary, parse_scene_prompt, score, summarize
-from nemo_imagen.images import read_sample_folder
+from nemo_imagen.images import read_sample_images, read_sample_prompts
 
 
 def main(argv=None) -> int:
@@ -28,14 +28,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures of each set to this file")
     args = parser.parse_args(argv)
     try:
-        prompts, samples = read_sample_folder(args.samples_dir)
+        prompts = read_sample_prompts(args.samples_dir)
+        try:
+            parsed = [parse_scene_prompt(prompt) for prompt in prompts]
+        except ValueError as error:
+            raise ValueError(f"{args.samples_dir / 'prompts.txt'}: {error}") from None
+        samples = read_sample_images(args.samples_dir, len(prompts))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        parsed = [parse_scene_prompt(prompt) for prompt in prompts]
-    except ValueError as error:
-        print(f"error: {args.samples_dir / 'prompts.txt'}: {error}", file=sys.stderr)
         return 2
     per_prompt = defaultdict(list)
     for index, image in samples:

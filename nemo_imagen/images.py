@@ -41,20 +41,24 @@ def save_png(array: np.ndarray, path) -> Path:
     return path
 
 
-def read_sample_folder(folder) -> Tuple[List[str], List[Tuple[int, np.ndarray]]]:
-    """-> (the prompts of `folder`/prompts.txt, [(prompt index, image [H, W, 3] uint8)] in file-name order).
-    Raises ValueError naming what is wrong: no prompts.txt, no sample PNG, an image of a prompt not listed."""
-    folder = Path(folder)
-    prompts_file = folder / "prompts.txt"
+def read_sample_prompts(folder) -> List[str]:
+    """The prompts of `folder`/prompts.txt, in index order. Raises ValueError when there is none."""
+    prompts_file = Path(folder) / "prompts.txt"
     if not prompts_file.is_file():
         raise ValueError(f"{prompts_file} not found (write it with examples/sample.py)")
-    prompts = prompts_file.read_text(encoding="utf-8").splitlines()
+    return prompts_file.read_text(encoding="utf-8").splitlines()
+
+
+def read_sample_images(folder, num_prompts: int) -> List[Tuple[int, np.ndarray]]:
+    """[(prompt index, image [H, W, 3] uint8)] of `folder`'s sample PNGs, in file-name order. Raises ValueError
+    naming what is wrong: no sample PNG, or an image of a prompt index beyond `num_prompts`."""
+    folder = Path(folder)
     samples = []
     for path in sorted(folder.glob("[0-9]*_[0-9]*.png")):
         index = int(path.stem.split("_")[0])
-        if index >= len(prompts):
-            raise ValueError(f"{path.name}: prompt {index} is not in {prompts_file} ({len(prompts)} prompts)")
+        if index >= num_prompts:
+            raise ValueError(f"{path.name}: prompt {index} is not in {folder / 'prompts.txt'} ({num_prompts} prompts)")
         samples.append((index, np.asarray(Image.open(path).convert("RGB"))))
     if not samples:
         raise ValueError(f"no sample PNGs in {folder}")
-    return prompts, samples
+    return samples

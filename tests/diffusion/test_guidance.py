@@ -28,7 +28,7 @@ def test_guidance_is_uncond_plus_scale_times_difference_in_one_batched_call():
     x = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.0, 4.0]])
     sigma = torch.tensor([0.5, 2.0, 10.0])
     fake = FakeDenoise()
-    out = classifier_free_guidance(fake, scale=4.0)(x, sigma)
+    out = classifier_free_guidance(fake, guidance_scale=4.0)(x, sigma)
     # uncond + 4 (cond - uncond) = (x sigma - 1) + 4 * 4
     assert torch.allclose(out, x * sigma[:, None] + 15.0)
     assert len(fake.calls) == 1
@@ -41,13 +41,13 @@ def test_guidance_is_uncond_plus_scale_times_difference_in_one_batched_call():
 def test_guidance_scale_one_runs_only_the_conditional_half():
     fake = FakeDenoise()
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    out = classifier_free_guidance(fake, scale=1.0)(x, torch.tensor([1.0, 1.0]))
+    out = classifier_free_guidance(fake, guidance_scale=1.0)(x, torch.tensor([1.0, 1.0]))
     assert torch.allclose(out, x + 3.0)
     assert len(fake.calls) == 1 and fake.calls[0][2].tolist() == [False, False]
 
 
 def test_guidance_scale_zero_is_the_unconditional_model():
-    out = classifier_free_guidance(FakeDenoise(), scale=0.0)(torch.ones(2, 2), torch.ones(2))
+    out = classifier_free_guidance(FakeDenoise(), guidance_scale=0.0)(torch.ones(2, 2), torch.ones(2))
     assert torch.allclose(out, torch.zeros(2, 2))
 
 

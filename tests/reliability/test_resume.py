@@ -163,6 +163,7 @@ def test_stop_message_outside_a_script_and_without_exp_manager():
     ]
 
 
+@pytest.mark.slow
 def test_the_printed_command_resumes_a_stopped_run_that_had_no_resume_if_exists(tmp_path):
     """The quickstart's case: without resume_if_exists, exp_manager keeps each run in its own version folder, which
     a rerun with only resume_if_exists=True would not look in; the printed command names it."""
