@@ -33,8 +33,6 @@ def sample_images(
     as one batch of 2B (text and low-res inputs repeated). `autocast_dtype` (e.g. torch.bfloat16) runs the
     network under autocast on the text's device; None runs it as it is.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
     batch_size, device = shape[0], text_embed.device
     lowres_cond = lowres_cond or {}
 
@@ -51,8 +49,8 @@ def sample_images(
             **tiled,
         )
 
+    sigmas = sampling_sigmas(precond, sampler, steps).to(device)  # raises on an unknown sampler
     denoiser = threshold_denoiser(classifier_free_guidance(denoise, guidance_scale), thresholding)
-    sigmas = sampling_sigmas(precond, sampler, steps).to(device)
     noise = torch.randn(tuple(shape), generator=generator, device=device)
     x = noise * sigmas[0].to(noise.dtype)
     with torch.autocast(device.type, autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
