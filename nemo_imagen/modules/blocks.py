@@ -1,6 +1,8 @@
 """Convolutional building blocks shared by the UNets: ResBlock, resamplers, and the conditioned
 sequence that feeds each block the inputs it needs (with optional gradient checkpointing)."""
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +26,14 @@ def upsample_nearest(x: torch.Tensor) -> torch.Tensor:
 def downsample_avg(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, C, H/2, W/2], 2x2 average pool."""
     return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+def autocast_off(device_type: str, off: bool = True):
+    """A context in which autocast is off on `device_type` (when `off`; else it changes nothing): where blocks
+    kept in float32 run inside a bf16 / fp16 autocast region. Devices without autocast (meta) need nothing."""
+    if not off or not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 class ResBlock(nn.Module):
@@ -145,16 +155,25 @@ class ConditionedSequential(nn.ModuleList):
     With `gradient_checkpointing` True, each ResBlock and attention block runs under
     `torch.utils.checkpoint` (non-reentrant, RNG state preserved so dropout replays identically)
     while training with grad enabled: activations are recomputed in backward instead of stored.
+    With `float32` True the blocks run with autocast off, their inputs cast to the parameters' dtype.
     """
 
-    def __init__(self, *blocks: nn.Module, gradient_checkpointing: bool = False):
+    def __init__(self, *blocks: nn.Module, gradient_checkpointing: bool = False, float32: bool = False):
         super().__init__(blocks)
         self.gradient_checkpointing = gradient_checkpointing
+        self.float32 = float32
 
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """x: [B, C, H, W], emb: [B, E4], context: [B, L, Dc], mask: [B, L] bool -> [B, C', H', W']."""
+        if not self.float32:
+            return self._run(x, emb, context, mask)
+        dtype = next((p.dtype for p in self.parameters()), x.dtype)
+        with autocast_off(x.device.type):
+            return self._run(x.to(dtype), emb.to(dtype), context.to(dtype), mask)
+
+    def _run(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self:
             if isinstance(block, RESAMPLERS):

@@ -182,12 +182,17 @@ class UNetConfig(UNetKeys):
     resblock_updown: resample with a ResBlock instead of a plain (conv) resampler.
     resample_with_conv: plain resamplers use a stride-2 conv / nearest-x2 + conv instead of an average
         pool / bare nearest x2.
+    float32_resolutions: feature-map sizes whose blocks run in float32 even under bf16 / fp16 autocast;
+        at `image_size` this includes the input conv and the output head. In bf16 the pixel-level layers
+        round away the small noise of the low noise levels, which biases the gradient the same way at
+        every step (see docs/performance.md); the full-resolution level in float32 removes most of it.
     """
 
     num_res_blocks: Any = 3
     attention_resolutions: List[int] = field(default_factory=lambda: [8, 16, 32])
     resblock_updown: bool = False
     resample_with_conv: bool = True
+    float32_resolutions: List[int] = field(default_factory=list)
 
     def level_resolution(self, level: int) -> int:
         return self.image_size // 2**level
@@ -195,6 +200,10 @@ class UNetConfig(UNetKeys):
     def has_attention(self, level: int) -> bool:
         """Whether the ResBlocks of `level` are followed by attention (the middle block always is)."""
         return self.level_resolution(level) in self.attention_resolutions
+
+    def runs_in_float32(self, level: int) -> bool:
+        """Whether the blocks of `level` run in float32 under autocast (`float32_resolutions`)."""
+        return self.level_resolution(level) in self.float32_resolutions
 
     def validate(self) -> None:
         """Raise ValueError('unet.<key>: ...') for the first inconsistent key."""
@@ -207,12 +216,12 @@ class UNetConfig(UNetKeys):
                 f"({self.num_levels} levels from channel_mult)"
             )
         resolutions = [self.level_resolution(level) for level in range(self.num_levels)]
-        for res in self.attention_resolutions:
-            if res not in resolutions:
-                raise ValueError(
-                    f"unet.attention_resolutions: {res} is not a resolution of this UNet "
-                    f"(levels have {resolutions})"
-                )
+        for key in ("attention_resolutions", "float32_resolutions"):
+            for res in getattr(self, key):
+                if res not in resolutions:
+                    raise ValueError(
+                        f"unet.{key}: {res} is not a resolution of this UNet (levels have {resolutions})"
+                    )
         self._validate_groupnorm()
         for level in range(self.num_levels):
             if self.has_attention(level) or level == self.num_levels - 1:  # the middle block has attention

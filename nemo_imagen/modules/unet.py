@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from nemo_imagen.modules.attention import attention_mode, make_attention_block
-from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample, zero_module
+from nemo_imagen.modules.blocks import ConditionedSequential, Downsample, ResBlock, Upsample, autocast_off, zero_module
 from nemo_imagen.modules.conditioning import LowResConditioning, SuperResolutionForward, TextConditionedUNet
 from nemo_imagen.modules.config import UNetConfig, norm_groups
 
@@ -46,8 +46,10 @@ class UNet(TextConditionedUNet):
         def attn(ch):
             return make_attention_block(cfg.attention_type, ch, cfg.cond_dim, cfg.num_heads(ch), mode)
 
-        def seq(*blocks):
-            return ConditionedSequential(*blocks, gradient_checkpointing=cfg.gradient_checkpointing)
+        def seq(*blocks, level):
+            return ConditionedSequential(
+                *blocks, gradient_checkpointing=cfg.gradient_checkpointing, float32=cfg.runs_in_float32(level)
+            )
 
         blocks_per_level = cfg.res_blocks_per_level()
         last_level = cfg.num_levels - 1
@@ -63,14 +65,14 @@ class UNet(TextConditionedUNet):
                 ch = cfg.level_channels(level)
                 if cfg.has_attention(level):
                     layers.append(attn(ch))
-                self.input_blocks.append(seq(*layers))
+                self.input_blocks.append(seq(*layers, level=level))
                 skip_channels.append(ch)
             if level < last_level:
                 down = res(ch, ch, "down") if cfg.resblock_updown else Downsample(ch, cfg.resample_with_conv)
-                self.input_blocks.append(seq(down))
+                self.input_blocks.append(seq(down, level=level))
                 skip_channels.append(ch)
 
-        self.middle_block = seq(res(ch, ch), attn(ch), res(ch, ch))
+        self.middle_block = seq(res(ch, ch), attn(ch), res(ch, ch), level=last_level)
 
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(cfg.num_levels)):
@@ -81,8 +83,9 @@ class UNet(TextConditionedUNet):
                     layers.append(attn(ch))
                 if level > 0 and i == blocks_per_level[level]:
                     layers.append(res(ch, ch, "up") if cfg.resblock_updown else Upsample(ch, cfg.resample_with_conv))
-                self.output_blocks.append(seq(*layers))
+                self.output_blocks.append(seq(*layers, level=level))
 
+        self.float32_image_level = cfg.runs_in_float32(0)  # the input conv and the output head go with level 0
         self.out = nn.Sequential(
             nn.GroupNorm(norm_groups(ch), ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.channels, 3, padding=1))
         )
@@ -103,7 +106,8 @@ class UNet(TextConditionedUNet):
     def trunk(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The convolutional UNet. x: [B, C_in, H, W], emb: [B, 4E], context: [B, L, cond_dim],
         mask: [B, L] bool -> [B, channels, H, W]."""
-        h = self.init_conv(x.to(self.init_conv.weight.dtype))
+        with autocast_off(x.device.type, self.float32_image_level):
+            h = self.init_conv(x.to(self.init_conv.weight.dtype))
         skips = [h]
         for block in self.input_blocks:
             h = block(h, emb, context, mask)
@@ -111,7 +115,8 @@ class UNet(TextConditionedUNet):
         h = self.middle_block(h, emb, context, mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
-        return self.out(h)
+        with autocast_off(h.device.type, self.float32_image_level):
+            return self.out(h.to(self.init_conv.weight.dtype))
 
 
 class SRUNet(SuperResolutionForward, UNet):

@@ -213,3 +213,53 @@ def test_tiny_unet_overfits_a_fixed_denoising_batch(tiny_config):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 20, (losses[0], losses[-1])
+
+
+def _block_output_dtypes(model, x, noise_cond, text, mask):
+    """Run `model` under CPU bf16 autocast; -> (output, {level-0 / level-1 block name: output dtype})."""
+    dtypes = {}
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out, name=name: dtypes.__setitem__(name, out.dtype))
+        for name, block in [("in0", model.input_blocks[0]), ("in_deep", model.input_blocks[2]),
+                            ("out_deep", model.output_blocks[0]), ("out0", model.output_blocks[-1])]
+    ]
+    with torch.autocast("cpu", torch.bfloat16):
+        out = model(x, noise_cond, text, mask)
+    for hook in hooks:
+        hook.remove()
+    return out, dtypes
+
+
+def test_float32_resolutions_keep_those_levels_out_of_autocast(tiny_config, perturb):
+    x, noise_cond, text, mask = batch()
+    model = make_unet(tiny_config(float32_resolutions=[16]), perturb)
+    out, dtypes = _block_output_dtypes(model, x, noise_cond, text, mask)
+    assert out.dtype == torch.float32  # the output head goes with the image-size level
+    assert dtypes == {"in0": torch.float32, "in_deep": torch.bfloat16, "out_deep": torch.bfloat16, "out0": torch.float32}
+    plain = make_unet(tiny_config(), perturb)  # the same weights (same seed), every level under autocast
+    out, dtypes = _block_output_dtypes(plain, x, noise_cond, text, mask)
+    assert out.dtype == torch.bfloat16 and set(dtypes.values()) == {torch.bfloat16}
+
+
+def test_every_level_in_float32_makes_the_trunk_exactly_float32(tiny_config, perturb):
+    """The trunk under bf16 autocast with every level in float32 computes bit for bit what it computes without
+    autocast; with no level in float32 it does not (so the comparison can fail)."""
+    x, noise_cond, text, mask = batch()
+    model = make_unet(tiny_config(float32_resolutions=[16, 8]), perturb)
+    with torch.no_grad():
+        emb, context, ctx_mask = model.condition(noise_cond, text, mask, None)
+        reference = model.trunk(x, emb, context, ctx_mask)
+        with torch.autocast("cpu", torch.bfloat16):
+            kept = model.trunk(x, emb, context, ctx_mask)
+        plain = make_unet(tiny_config(), perturb)
+        with torch.autocast("cpu", torch.bfloat16):
+            rounded = plain.trunk(x, emb, context, ctx_mask)
+    assert torch.equal(kept, reference)
+    assert (rounded.float() - reference).abs().max() > 1e-3
+
+
+def test_float32_resolutions_change_no_parameter_name(tiny_config, perturb):
+    """A checkpoint of either form loads into the other: the key only changes how blocks run."""
+    plain = make_unet(tiny_config(), perturb)
+    kept = UNet(tiny_config(float32_resolutions=[16]), TEXT_DIM)
+    kept.load_state_dict(plain.state_dict(), strict=True)

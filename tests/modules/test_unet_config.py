@@ -34,6 +34,7 @@ resample_with_conv: True
 def test_defaults_are_the_documented_block():
     documented = OmegaConf.to_container(OmegaConf.create(DOCUMENTED_YAML))
     documented["dropout"] = 0.0
+    documented["float32_resolutions"] = []  # ours, not documented: no level kept out of autocast by default
     assert dataclasses.asdict(UNetConfig()) == documented
 
 
@@ -81,6 +82,7 @@ def test_flash_without_stable_is_valid():
         ({"num_res_blocks": "3"}, "num_res_blocks"),
         ({"attention_resolutions": [8, 12]}, "attention_resolutions"),
         ({"attention_resolutions": [4]}, "attention_resolutions"),
+        ({"float32_resolutions": [128]}, "float32_resolutions"),
         ({"embed_dim": 48}, "embed_dim"),
         ({"per_head_channels": 48}, "per_head_channels"),
         ({"per_head_channels": 0, "num_attn_heads": 3}, "num_attn_heads"),
