@@ -60,13 +60,17 @@ def gradient(precond, unet, batch, dtype, autocast_dtype=None):
     return torch.cat([p.grad.flatten().double() for p in unet.parameters()])
 
 
+def mean_pairwise_cosine(vectors) -> float:
+    """The mean cosine similarity over every pair of `vectors`."""
+    pairs = [(i, j) for i in range(len(vectors)) for j in range(i + 1, len(vectors))]
+    return float(np.mean([torch.nn.functional.cosine_similarity(vectors[i], vectors[j], dim=0).item() for i, j in pairs]))
+
+
 def error_figures(errors, exact):
     """(error/grad, error cos, summed error/grad) of the per-batch errors against the exact gradients."""
     ratio = np.mean([(e.norm() / g.norm()).item() for e, g in zip(errors, exact)])
-    pairs = [(i, j) for i in range(len(errors)) for j in range(i + 1, len(errors))]
-    cos = np.mean([torch.nn.functional.cosine_similarity(errors[i], errors[j], dim=0).item() for i, j in pairs])
     summed = (sum(errors).norm() / sum(exact).norm()).item()
-    return ratio, cos, summed
+    return ratio, mean_pairwise_cosine(errors), summed
 
 
 def main(argv=None) -> int:
@@ -94,6 +98,7 @@ def main(argv=None) -> int:
     exact = [gradient(model.precond, reference, batch, torch.float64) for batch in batches]
     print(f"{args.checkpoint}: {args.batches} batches of {args.batch_size} {args.data} images, bf16 autocast "
           f"against float64, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"exact gradients of different batches: mean cosine {mean_pairwise_cosine(exact):.3f}")
     print(f"{'float32_resolutions':>20s}  error/grad  error cos  summed error/grad")
     for kept in ([], [typed.unet.image_size]):
         cfg = dataclasses.replace(typed.unet, float32_resolutions=kept)
