@@ -5,8 +5,8 @@ noise (it averages out over steps) or a bias (the same direction at every step, 
 
 For a few batches of the demo (or scenes) data, with the training loss's noise levels, the gradient of the
 training loss of the checkpoint's trained (not EMA) UNet is computed in float64 (the reference) and under bf16
-autocast, once with every level in bf16 and once with each `unet.float32_resolutions` choice below kept in
-float32. Printed per variant: the error's norm against the gradient's (`error/grad`), the mean cosine between
+autocast, once with every level under autocast (`unet.float32_resolutions: []`) and once with the image-size
+level in float32 (`[image_size]`). Printed per variant: the error's norm against the gradient's (`error/grad`), the mean cosine between
 the errors of different batches (`error cos`: near 0 for noise, near 1 for a bias; the exact gradients of
 different batches are themselves nearly orthogonal) and the norm of the error of the batches' summed gradient
 against that sum (`summed error/grad`). CPU only; a batch takes seconds at the quickstart's size."""
