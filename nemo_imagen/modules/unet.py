@@ -115,7 +115,9 @@ class UNet(TextConditionedUNet):
         h = self.middle_block(h, emb, context, mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
-        with autocast_off(h.device.type, self.float32_image_level):
+        if not self.float32_image_level:
+            return self.out(h)
+        with autocast_off(h.device.type):
             return self.out(h.to(self.init_conv.weight.dtype))
 
 

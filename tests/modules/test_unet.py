@@ -216,13 +216,15 @@ def test_tiny_unet_overfits_a_fixed_denoising_batch(tiny_config):
 
 
 def _block_output_dtypes(model, x, noise_cond, text, mask):
-    """Run `model` under CPU bf16 autocast; -> (output, {level-0 / level-1 block name: output dtype})."""
+    """Run `model` under CPU bf16 autocast; -> (output, {level-0 / level-1 block name: output dtype, and "head_in":
+    the output head's input dtype})."""
     dtypes = {}
     hooks = [
         block.register_forward_hook(lambda _m, _i, out, name=name: dtypes.__setitem__(name, out.dtype))
         for name, block in [("in0", model.input_blocks[0]), ("in_deep", model.input_blocks[2]),
                             ("out_deep", model.output_blocks[0]), ("out0", model.output_blocks[-1])]
     ]
+    hooks.append(model.out.register_forward_pre_hook(lambda _m, args: dtypes.__setitem__("head_in", args[0].dtype)))
     with torch.autocast("cpu", torch.bfloat16):
         out = model(x, noise_cond, text, mask)
     for hook in hooks:
@@ -235,10 +237,13 @@ def test_float32_resolutions_keep_those_levels_out_of_autocast(tiny_config, pert
     model = make_unet(tiny_config(float32_resolutions=[16]), perturb)
     out, dtypes = _block_output_dtypes(model, x, noise_cond, text, mask)
     assert out.dtype == torch.float32  # the output head goes with the image-size level
-    assert dtypes == {"in0": torch.float32, "in_deep": torch.bfloat16, "out_deep": torch.bfloat16, "out0": torch.float32}
+    assert dtypes == {
+        "in0": torch.float32, "in_deep": torch.bfloat16, "out_deep": torch.bfloat16, "out0": torch.float32,
+        "head_in": torch.float32,
+    }
     plain = make_unet(tiny_config(), perturb)  # the same weights (same seed), every level under autocast
     out, dtypes = _block_output_dtypes(plain, x, noise_cond, text, mask)
-    assert out.dtype == torch.bfloat16 and set(dtypes.values()) == {torch.bfloat16}
+    assert out.dtype == torch.bfloat16 and set(dtypes.values()) == {torch.bfloat16}  # the head's input is not cast up either
 
 
 def test_every_level_in_float32_makes_the_trunk_exactly_float32(tiny_config, perturb):
