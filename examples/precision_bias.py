@@ -24,6 +24,7 @@ import torch
 from nemo_imagen.config_checks import ConfigError
 from nemo_imagen.data.demo import demo_sample, render
 from nemo_imagen.data.scenes import render_scene, scene_sample
+from nemo_imagen.data.transforms import to_tensor
 from nemo_imagen.diffusion.training import TrainingDraws, diffusion_loss
 from nemo_imagen.modules import build_unet
 
@@ -36,7 +37,7 @@ def training_batches(model, data: str, count: int, size: int, seed: int = 0):
     batches = []
     for k in range(count):
         samples = [sample(0, "train", k * size + i) for i in range(size)]
-        images = torch.stack([torch.from_numpy(np.array(draw(s))).permute(2, 0, 1) for s in samples]).float() / 127.5 - 1
+        images = torch.stack([to_tensor(draw(s)) for s in samples])
         with torch.no_grad():
             text, mask = model.encode_prompts([s.caption for s in samples])
         generator = torch.Generator().manual_seed(seed + k)
