@@ -10,8 +10,8 @@ caption that differs in one thing:
 - `colours exchanged`: the two objects' colours swapped, so the same colours and shapes are named, bound wrongly.
 Printed per noise level: the share of comparisons where the own caption has the lower loss (0.5 for a model that
 does not tell the two captions apart; a tie counts half) and the mean relative loss gap (false - own) / own.
-A model that draws the relation right must prefer its own caption at the noise levels where the layout is still
-open (sigma of 1 and above for these 64x64 scenes). CPU; about 30 s for 64 scenes at the quickstart's size."""
+A model that draws the relation right should prefer its own caption at the noise levels where the layout is still
+open (sigma of 1 and above for these 64x64 scenes)."""
 import argparse
 import dataclasses
 import sys
