@@ -21,11 +21,11 @@ from nemo_imagen.models.pipeline import load_stage  # first: it sets the OpenMP 
 import numpy as np
 import torch
 
-from nemo_imagen.config_checks import ConfigError
 from nemo_imagen.data.demo import demo_sample, render
 from nemo_imagen.data.scenes import render_scene, scene_sample
 from nemo_imagen.data.transforms import to_tensor
 from nemo_imagen.diffusion.training import TrainingDraws, diffusion_loss
+from nemo_imagen.models.cli import exit_on_config_error, fail
 from nemo_imagen.modules import build_unet
 
 DATASETS = {"demo": (demo_sample, render), "scenes": (scene_sample, render_scene)}
@@ -74,6 +74,7 @@ def error_figures(errors, exact):
     return ratio, mean_pairwise_cosine(errors), summed
 
 
+@exit_on_config_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -82,18 +83,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     if args.batches < 2 or args.batch_size < 1:
-        print("error: --batches must be at least 2 (the error cosine compares batches), --batch-size at least 1",
-              file=sys.stderr)
-        return 2
-    try:
-        model = load_stage(str(args.checkpoint), torch.device("cpu"), key="checkpoint")
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail("--batches must be at least 2 (the error cosine compares batches), --batch-size at least 1")
+    model = load_stage(str(args.checkpoint), torch.device("cpu"), key="checkpoint")  # a bad path: one line, exit 2
     typed = model.typed_cfg
     if not hasattr(typed.unet, "float32_resolutions"):
-        print(f"error: unet_type {typed.unet_type!r} has no float32_resolutions (the regular UNet's key)", file=sys.stderr)
-        return 2
+        fail(f"unet_type {typed.unet_type!r} has no float32_resolutions (the regular UNet's key)")
     batches = training_batches(model, args.data, args.batches, args.batch_size)
     reference = copy.deepcopy(model.unet).double()
     exact = [gradient(model.precond, reference, batch, torch.float64) for batch in batches]

@@ -21,9 +21,9 @@ from nemo_imagen.models.pipeline import load_stage  # first: it sets the OpenMP 
 
 import torch
 
-from nemo_imagen.config_checks import ConfigError
 from nemo_imagen.data.scenes import RELATIONS, SceneSample, render_scene, scene_caption, scene_sample
 from nemo_imagen.data.transforms import to_tensor
+from nemo_imagen.models.cli import exit_on_config_error, fail
 
 SIGMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -57,6 +57,7 @@ def preference(own_loss: torch.Tensor, false_loss: torch.Tensor):
     return wins.mean().item(), ((false_loss - own_loss) / own_loss).mean().item()
 
 
+@exit_on_config_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -64,13 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="noise draws per scene and noise level")
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.repeats < 1:
-        print("error: --scenes and --repeats must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        model = load_stage(str(args.checkpoint), torch.device("cpu"), key="checkpoint")
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail("--scenes and --repeats must be at least 1")
+    model = load_stage(str(args.checkpoint), torch.device("cpu"), key="checkpoint")  # a bad path: one line, exit 2
     unet = model.ema_unet if model.ema_unet is not None else model.unet
     samples = [scene_sample(0, "val", 2 * i) for i in range(args.scenes)]  # even indices: seen pairings
     images = torch.stack([to_tensor(render_scene(s)) for s in samples])
